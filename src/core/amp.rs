@@ -1,0 +1,68 @@
+//! bf16 autocast on CPU and CUDA through csrc/shim.cpp (tch exposes neither CPU autocast nor the dtype).
+//! Only the forward/backward of networks runs under it: attack perturbations, losses' reductions done by us,
+//! and optimizer state stay fp32 (the trainer casts logits to fp32 before the loss).
+use anyhow::{Result, bail};
+use tch::Device;
+
+unsafe extern "C" {
+    fn satm_set_autocast(cuda: i32, on: i32) -> i32;
+    fn satm_autocast_enabled(cuda: i32) -> i32;
+}
+
+fn cuda_flag(device: Device) -> i32 {
+    matches!(device, Device::Cuda(_)) as i32
+}
+
+/// bf16 autocast for `device` while the guard lives; a guard with `on == false` does nothing.
+pub struct Autocast {
+    device: Device,
+    on: bool,
+}
+
+impl Autocast {
+    pub fn new(device: Device, on: bool) -> Result<Self> {
+        if on && unsafe { satm_set_autocast(cuda_flag(device), 1) } != 0 {
+            bail!("libtorch refused to enable bf16 autocast on {device:?}");
+        }
+        Ok(Autocast { device, on })
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        if self.on {
+            unsafe { satm_set_autocast(cuda_flag(self.device), 0) };
+        }
+    }
+}
+
+/// Runs `f` with bf16 autocast on `device` when `on`.
+pub fn with_autocast<T>(device: Device, on: bool, f: impl FnOnce() -> T) -> Result<T> {
+    let _g = Autocast::new(device, on)?;
+    Ok(f())
+}
+
+pub fn is_enabled(device: Device) -> bool {
+    unsafe { satm_autocast_enabled(cuda_flag(device)) == 1 }
+}
+
+/// channels_last for a 4-D tensor (NHWC strides, NCHW shape), as tch has no memory_format call.
+pub fn channels_last(t: &tch::Tensor) -> tch::Tensor {
+    if t.dim() == 4 { t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]) } else { t.shallow_clone() }
+}
+
+unsafe extern "C" {
+    fn satm_torch_version() -> *const std::os::raw::c_char;
+    fn satm_cudnn_version() -> std::os::raw::c_long;
+}
+
+/// The libtorch version satm was built against.
+pub fn torch_version() -> String {
+    unsafe { std::ffi::CStr::from_ptr(satm_torch_version()).to_string_lossy().into_owned() }
+}
+
+/// cuDNN's version (e.g. 91000), if libtorch has CUDA and cuDNN.
+pub fn cudnn_version() -> Option<i64> {
+    let v = unsafe { satm_cudnn_version() };
+    (v >= 0).then_some(v as i64)
+}

@@ -1,0 +1,60 @@
+//! One process-wide cancel flag: Ctrl-C sets it, every long operation (rhai's on_progress, training steps, attacks,
+//! evaluation loops, grid executors) polls it and stops cleanly.
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Once;
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+static PRESSES: AtomicU32 = AtomicU32::new(0);
+static INSTALL: Once = Once::new();
+
+/// The error every cancelled operation returns; the REPL recognises it and returns to the prompt.
+#[derive(Debug)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cancelled by Ctrl-C")
+    }
+}
+impl std::error::Error for Cancelled {}
+
+/// Installs the SIGINT handler once. The first Ctrl-C sets the flag; with `hard_exit_on_second`, a second one
+/// while the first is still pending exits at once with 130 (for `satm run`, where nobody else would ask again).
+pub fn install_handler(hard_exit_on_second: bool) {
+    INSTALL.call_once(|| {
+        let _ = ctrlc::set_handler(move || {
+            let n = PRESSES.fetch_add(1, Ordering::SeqCst);
+            CANCEL.store(true, Ordering::SeqCst);
+            if n == 0 {
+                eprintln!("\nsatm: Ctrl-C — stopping after the current step (press again to abort at once)");
+            } else if hard_exit_on_second {
+                eprintln!("satm: aborted");
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+pub fn request() {
+    CANCEL.store(true, Ordering::SeqCst);
+}
+
+pub fn is_cancelled() -> bool {
+    CANCEL.load(Ordering::Relaxed)
+}
+
+/// Clears the flag (the REPL does this before each command).
+pub fn reset() {
+    CANCEL.store(false, Ordering::SeqCst);
+    PRESSES.store(0, Ordering::SeqCst);
+}
+
+/// `Err(Cancelled)` once Ctrl-C was pressed; call it between steps of any long loop.
+pub fn check() -> anyhow::Result<()> {
+    if is_cancelled() { Err(Cancelled.into()) } else { Ok(()) }
+}
+
+/// Whether an error (anywhere in its chain) is a cancellation.
+pub fn is_cancel_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Cancelled>())
+}

@@ -1,0 +1,1 @@
+//! Data: the Adience protocol, UTKFace, image folders, CSV manifests, synthetic data, cached tensors, batches.

@@ -1,0 +1,11 @@
+//! The research core: devices and precision, data, models, attacks, training, evaluation, reports.
+pub mod amp;
+pub mod attacks;
+pub mod cancel;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod fsutil;
+pub mod models;
+pub mod report;
+pub mod train;

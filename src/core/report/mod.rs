@@ -1,0 +1,1 @@
+//! Reports: tables (comfy-table, Markdown, CSV, JSON) and PNG plots.

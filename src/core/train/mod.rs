@@ -1,0 +1,1 @@
+//! Training: standard training and the SATM loop for K networks (sources, frozen networks, GRL domain adaptation).

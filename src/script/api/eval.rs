@@ -1,0 +1,4 @@
+//! Script API for core::eval (registered by register_all).
+use rhai::Engine;
+
+pub fn register(_engine: &mut Engine) {}

@@ -1,0 +1,278 @@
+//! A minimal Tensor for scripts: create, inspect, arithmetic, reductions, small conversions.
+use crate::core::device;
+use crate::script::convert::{RResult, guard, script_err, to_f64};
+use crate::script::docs::doc;
+use crate::script::state;
+use crate::script::types::{TensorV, kind_name};
+use anyhow::{Result, bail};
+use rhai::{Array, Dynamic, Engine};
+use tch::{Kind, Tensor};
+
+/// Largest tensor `to_array` converts (bigger ones would flood the REPL).
+const MAX_TO_ARRAY: i64 = 1_000_000;
+
+fn shape_of(a: &Array, func: &str) -> Result<Vec<i64>> {
+    a.iter()
+        .map(|d| match d.as_int() {
+            Ok(v) if v >= 0 => Ok(v),
+            _ => bail!("{func}: shape must be an array of non-negative integers, got {d}"),
+        })
+        .collect()
+}
+
+/// Flattens a nested array of numbers, checking that it is rectangular.
+fn flatten(v: &Dynamic, depth: usize, shape: &mut Vec<i64>, out: &mut Vec<f64>, all_int: &mut bool) -> Result<()> {
+    if v.is_array() {
+        let a = v.clone().into_array().unwrap_or_default();
+        if shape.len() == depth {
+            shape.push(a.len() as i64);
+        } else if shape[depth] != a.len() as i64 {
+            bail!("tensor: ragged array (rows of length {} and {})", shape[depth], a.len());
+        }
+        for x in &a {
+            flatten(x, depth + 1, shape, out, all_int)?;
+        }
+        Ok(())
+    } else if let Some(x) = to_f64(v) {
+        if shape.len() != depth {
+            bail!("tensor: ragged array (a number where an array was expected)");
+        }
+        if v.is_float() {
+            *all_int = false;
+        }
+        out.push(x);
+        Ok(())
+    } else {
+        bail!("tensor: expected numbers or arrays, got {}", v.type_name())
+    }
+}
+
+pub fn from_array(v: &Dynamic) -> Result<Tensor> {
+    let (mut shape, mut vals, mut all_int) = (Vec::new(), Vec::new(), true);
+    flatten(v, 0, &mut shape, &mut vals, &mut all_int)?;
+    let t = Tensor::from_slice(&vals).reshape(&shape);
+    let t = if all_int { t.to_kind(Kind::Int64) } else { t.to_kind(Kind::Float) };
+    Ok(t.to_device(state::device()))
+}
+
+fn to_nested(t: &Tensor) -> Result<Dynamic> {
+    if t.numel() as i64 > MAX_TO_ARRAY {
+        bail!("to_array: tensor has {} elements; the limit is {MAX_TO_ARRAY} (slice it first)", t.numel());
+    }
+    let cpu = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Double).contiguous();
+    let is_int = matches!(t.kind(), Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 | Kind::Bool);
+    let flat: Vec<f64> = Vec::<f64>::try_from(&cpu.flatten(0, -1))?;
+    let shape = t.size();
+    fn build(flat: &[f64], shape: &[i64], is_int: bool) -> Dynamic {
+        if shape.is_empty() {
+            let x = flat[0];
+            return if is_int { Dynamic::from_int(x as i64) } else { Dynamic::from_float(x) };
+        }
+        let step: usize = shape[1..].iter().product::<i64>() as usize;
+        let arr: Array =
+            (0..shape[0] as usize).map(|i| build(&flat[i * step..(i + 1) * step], &shape[1..], is_int)).collect();
+        Dynamic::from_array(arr)
+    }
+    Ok(build(&flat, &shape, is_int))
+}
+
+/// A number as a 0-dim tensor that promotes like PyTorch's wrapped scalars: the tensor's float kind, else f32.
+fn scalar_like(v: f64, t: &Tensor) -> Tensor {
+    let kind = if t.is_floating_point() { t.kind() } else { Kind::Float };
+    Tensor::from(v).to_kind(kind).to_device(t.device())
+}
+
+fn binop(
+    engine: &mut Engine,
+    name: &'static str,
+    tt: fn(&Tensor, &Tensor) -> Result<Tensor, tch::TchError>,
+) {
+    engine.register_fn(name, move |a: &mut TensorV, b: TensorV| -> RResult<TensorV> {
+        guard(name, || Ok(TensorV(tt(&a.0, &b.0)?)))
+    });
+    engine.register_fn(name, move |a: &mut TensorV, b: f64| -> RResult<TensorV> {
+        guard(name, || Ok(TensorV(tt(&a.0, &scalar_like(b, &a.0))?)))
+    });
+    engine.register_fn(name, move |a: &mut TensorV, b: i64| -> RResult<TensorV> {
+        guard(name, || Ok(TensorV(tt(&a.0, &scalar_like(b as f64, &a.0))?)))
+    });
+    engine.register_fn(name, move |a: f64, b: TensorV| -> RResult<TensorV> {
+        guard(name, || Ok(TensorV(tt(&scalar_like(a, &b.0), &b.0)?)))
+    });
+    engine.register_fn(name, move |a: i64, b: TensorV| -> RResult<TensorV> {
+        guard(name, || Ok(TensorV(tt(&scalar_like(a as f64, &b.0), &b.0)?)))
+    });
+}
+
+fn unary(engine: &mut Engine, name: &'static str, text: &str, f: fn(&Tensor) -> Result<Tensor, tch::TchError>) {
+    doc(name, &["x: Tensor"], "Tensor", text).register_into_engine(engine, move |x: &mut TensorV| -> RResult<TensorV> {
+        guard(name, || Ok(TensorV(f(&x.0)?)))
+    });
+}
+
+fn make(engine: &mut Engine, name: &'static str, text: &str, f: fn(&[i64]) -> Tensor) {
+    doc(name, &["shape: Array"], "Tensor", text).register_into_engine(engine, move |shape: Array| -> RResult<TensorV> {
+        guard(name, || {
+            let s = shape_of(&shape, name)?;
+            Ok(TensorV(f(&s).to_device(state::device())))
+        })
+    });
+}
+
+pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<TensorV>("Tensor");
+    engine.register_fn("to_string", |x: &mut TensorV| x.to_string());
+    engine.register_fn("to_debug", |x: &mut TensorV| x.to_string());
+
+    doc("tensor", &["values: Array"], "Tensor", "A tensor from a (nested) array of numbers: all ints give i64, any float gives f32. On the session device.")
+        .register_into_engine(engine, |v: Array| -> RResult<TensorV> {
+            guard("tensor", || Ok(TensorV(from_array(&Dynamic::from_array(v))?)))
+        });
+    make(engine, "zeros", "A float tensor of zeros with the given shape.", |s| Tensor::zeros(s, (Kind::Float, tch::Device::Cpu)));
+    make(engine, "ones", "A float tensor of ones with the given shape.", |s| Tensor::ones(s, (Kind::Float, tch::Device::Cpu)));
+    make(engine, "rand", "Uniform [0,1) floats with the given shape (seeded by seed()).", |s| Tensor::rand(s, (Kind::Float, tch::Device::Cpu)));
+    make(engine, "randn", "Standard normal floats with the given shape (seeded by seed()).", |s| Tensor::randn(s, (Kind::Float, tch::Device::Cpu)));
+    doc("randint", &["high: int", "shape: Array"], "Tensor", "Integers uniform in [0, high) with the given shape (i64).")
+        .register_into_engine(engine, |high: i64, shape: Array| -> RResult<TensorV> {
+            guard("randint", || {
+                if high <= 0 {
+                    bail!("high must be > 0, got {high}");
+                }
+                let s = shape_of(&shape, "randint")?;
+                Ok(TensorV(Tensor::randint(high, s.as_slice(), (Kind::Int64, state::device()))))
+            })
+        });
+    doc("arange", &["n: int"], "Tensor", "0, 1, ..., n-1 as i64.").register_into_engine(engine, |n: i64| -> RResult<TensorV> {
+        guard("arange", || {
+            if n < 0 {
+                bail!("n must be >= 0, got {n}");
+            }
+            Ok(TensorV(Tensor::arange(n, (Kind::Int64, state::device()))))
+        })
+    });
+
+    engine.register_get("shape", |x: &mut TensorV| -> Array { x.0.size().into_iter().map(Dynamic::from_int).collect() });
+    engine.register_get("dtype", |x: &mut TensorV| kind_name(x.0.kind()).to_string());
+    engine.register_get("device", |x: &mut TensorV| device::device_name(x.0.device()));
+    engine.register_get("numel", |x: &mut TensorV| x.0.numel() as i64);
+    engine.register_get("dim", |x: &mut TensorV| x.0.dim() as i64);
+    doc("len", &["x: Tensor"], "int", "Size of the first dimension.").register_into_engine(engine, |x: &mut TensorV| -> RResult<i64> {
+        x.0.size().first().copied().ok_or_else(|| script_err("len: a scalar tensor has no length"))
+    });
+
+    binop(engine, "+", |a, b| a.f_add(b));
+    binop(engine, "-", |a, b| a.f_sub(b));
+    binop(engine, "*", |a, b| a.f_mul(b));
+    binop(engine, "/", |a, b| a.f_div(b));
+    engine.register_fn("-", |a: &mut TensorV| TensorV(-&a.0));
+    binop(engine, "eq", |a, b| a.f_eq_tensor(b)?.f_to_kind(Kind::Float));
+    binop(engine, "maximum", |a, b| a.f_maximum(b));
+    binop(engine, "minimum", |a, b| a.f_minimum(b));
+
+    unary(engine, "abs", "Elementwise |x|.", |x| x.f_abs());
+    unary(engine, "sign", "Elementwise sign (-1, 0, 1).", |x| x.f_sign());
+    unary(engine, "sqrt", "Elementwise square root.", |x| x.f_sqrt());
+    unary(engine, "exp", "Elementwise exp.", |x| x.f_exp());
+    unary(engine, "log", "Elementwise natural log.", |x| x.f_log());
+    unary(engine, "float", "Converts to f32.", |x| x.f_to_kind(Kind::Float));
+    unary(engine, "long", "Converts to i64.", |x| x.f_to_kind(Kind::Int64));
+    unary(engine, "flatten", "Flattens to one dimension.", |x| x.f_flatten(0, -1));
+    unary(engine, "sum", "Sum of all elements (a scalar tensor).", |x| x.f_sum(None::<Kind>));
+    unary(engine, "mean", "Mean of all elements (a scalar tensor, floats).", |x| x.f_to_kind(Kind::Float)?.f_mean(None::<Kind>));
+    unary(engine, "max", "Largest element (a scalar tensor).", |x| x.f_max());
+    unary(engine, "min", "Smallest element (a scalar tensor).", |x| x.f_min());
+    unary(engine, "softmax", "Softmax over the last dimension.", |x| x.f_softmax(-1, Kind::Float));
+
+    doc("argmax", &["x: Tensor", "dim: int"], "Tensor", "Index of the largest value along `dim` (i64).")
+        .register_into_engine(engine, |x: &mut TensorV, dim: i64| -> RResult<TensorV> {
+            guard("argmax", || Ok(TensorV(x.0.f_argmax(dim, false)?)))
+        });
+    doc("sum", &["x: Tensor", "dim: int"], "Tensor", "Sum along `dim`.").register_into_engine(
+        engine,
+        |x: &mut TensorV, dim: i64| -> RResult<TensorV> {
+            guard("sum", || Ok(TensorV(x.0.f_sum_dim_intlist(Some([dim].as_slice()), false, None::<Kind>)?)))
+        },
+    );
+    doc("mean", &["x: Tensor", "dim: int"], "Tensor", "Mean along `dim` (floats).").register_into_engine(
+        engine,
+        |x: &mut TensorV, dim: i64| -> RResult<TensorV> {
+            guard("mean", || Ok(TensorV(x.0.f_to_kind(Kind::Float)?.f_mean_dim(Some([dim].as_slice()), false, None::<Kind>)?)))
+        },
+    );
+    doc("clamp", &["x: Tensor", "lo: float", "hi: float"], "Tensor", "Clips every element to [lo, hi].")
+        .register_into_engine(engine, |x: &mut TensorV, lo: f64, hi: f64| -> RResult<TensorV> {
+            guard("clamp", || {
+                if lo > hi {
+                    bail!("lo ({lo}) > hi ({hi})");
+                }
+                Ok(TensorV(x.0.f_clamp(lo, hi)?))
+            })
+        });
+    doc("reshape", &["x: Tensor", "shape: Array"], "Tensor", "The same elements with a new shape (-1 infers one dimension).")
+        .register_into_engine(engine, |x: &mut TensorV, shape: Array| -> RResult<TensorV> {
+            guard("reshape", || {
+                let s: Vec<i64> = shape
+                    .iter()
+                    .map(|d| d.as_int().map_err(|_| anyhow::anyhow!("shape must hold integers, got {d}")))
+                    .collect::<Result<_>>()?;
+                Ok(TensorV(x.0.f_reshape(s.as_slice())?))
+            })
+        });
+    doc("slice", &["x: Tensor", "start: int", "end: int"], "Tensor", "Rows start..end of the first dimension.")
+        .register_into_engine(engine, |x: &mut TensorV, start: i64, end: i64| -> RResult<TensorV> {
+            guard("slice", || {
+                let n = *x.0.size().first().ok_or_else(|| anyhow::anyhow!("cannot slice a scalar"))?;
+                if start < 0 || end > n || start > end {
+                    bail!("range {start}..{end} is outside 0..{n}");
+                }
+                Ok(TensorV(x.0.f_narrow(0, start, end - start)?))
+            })
+        });
+    engine.register_indexer_get(|x: &mut TensorV, i: i64| -> RResult<TensorV> {
+        guard("index", || {
+            let n = *x.0.size().first().ok_or_else(|| anyhow::anyhow!("cannot index a scalar tensor"))?;
+            let j = if i < 0 { i + n } else { i };
+            if j < 0 || j >= n {
+                bail!("index {i} out of range for a first dimension of {n}");
+            }
+            Ok(TensorV(x.0.f_get(j)?))
+        })
+    });
+    doc("item", &["x: Tensor"], "float", "The value of a one-element tensor as a number.")
+        .register_into_engine(engine, |x: &mut TensorV| -> RResult<f64> {
+            guard("item", || {
+                if x.0.numel() != 1 {
+                    bail!("tensor has {} elements; item() needs exactly one", x.0.numel());
+                }
+                Ok(x.0.f_double_value(&[])?)
+            })
+        });
+    doc("to_array", &["x: Tensor"], "Array", "The values as nested arrays (ints for integer tensors).")
+        .register_into_engine(engine, |x: &mut TensorV| -> RResult<Dynamic> { guard("to_array", || to_nested(&x.0)) });
+    doc("to", &["x: Tensor", "device: &str"], "Tensor", "A copy on another device (\"cpu\", \"cuda:0\", ...).")
+        .register_into_engine(engine, |x: &mut TensorV, dev: &str| -> RResult<TensorV> {
+            guard("to", || Ok(TensorV(x.0.to_device(device::parse_device(dev)?))))
+        });
+    doc("cat", &["xs: Array", "dim: int"], "Tensor", "Concatenates tensors along `dim`.")
+        .register_into_engine(engine, |xs: Array, dim: i64| -> RResult<TensorV> {
+            guard("cat", || {
+                let ts: Vec<Tensor> = xs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.try_cast::<TensorV>().map(|t| t.0).ok_or_else(|| anyhow::anyhow!("element {i} is not a Tensor"))
+                    })
+                    .collect::<Result<_>>()?;
+                if ts.is_empty() {
+                    bail!("needs at least one tensor");
+                }
+                Ok(TensorV(Tensor::f_cat(&ts, dim)?))
+            })
+        });
+    doc("max_abs_diff", &["a: Tensor", "b: Tensor"], "float", "max |a - b| over all elements (shapes must broadcast).")
+        .register_into_engine(engine, |a: TensorV, b: TensorV| -> RResult<f64> {
+            guard("max_abs_diff", || {
+                Ok(a.0.f_to_kind(Kind::Double)?.f_sub(&b.0.f_to_kind(Kind::Double)?)?.f_abs()?.f_max()?.f_double_value(&[])?)
+            })
+        });
+}
