@@ -91,7 +91,7 @@ impl Table {
     /// The table drawn with comfy-table (what `print(t)` shows).
     pub fn render(&self) -> String {
         let mut t = comfy_table::Table::new();
-        t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+        t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
         t.set_header(self.columns.clone());
         for r in &self.rows {
             t.add_row(r.iter().map(|c| c.to_string()).collect::<Vec<_>>());
