@@ -57,6 +57,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The SATM step against the plain-PyTorch reference, side by side (img/s, ratio, peak RSS, GFLOP/s).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Applies `--set`, `--out`, `--device`, ... to the script session. Errors name the offending option.
@@ -214,6 +216,7 @@ pub fn main() -> i32 {
             }
             0
         }
+        (None, Some(Cmd::Bench(a))) => crate::bench::main(a),
         (None, Some(Cmd::Repl)) | (None, None) => {
             if let Err(e) = apply_session(&cli.session, "repl") {
                 eprintln!("satm: {e}");

@@ -2,6 +2,7 @@
 //!
 //! `core` is pure Rust + tch and knows nothing of Rhai; `script` is the only layer that imports rhai;
 //! `repl` and `cli` sit on top. `grid` expands experiment grids and runs them locally or as Slurm job arrays.
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod core;

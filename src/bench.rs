@@ -1,0 +1,308 @@
+//! `satm bench`: the SATM step of satm against the plain-PyTorch reference (shared/bench/ref_satm.py), side by side in
+//! one command, alternating runs, each in its own process (so peak RSS is each one's own).
+use crate::core::data::Dataset;
+use crate::core::device::{self, Precision};
+use crate::core::models::{ModelSpec, Net};
+use crate::core::report::{Cell, Table};
+use crate::core::train::{self, TrainConfig};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::Command;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// vgg_s, vggbn_s or resnet_s (the CPU-scale networks of ref_satm.py).
+    #[arg(long, default_value = "vgg_s")]
+    pub arch: String,
+    #[arg(long, default_value_t = 32)]
+    pub size: i64,
+    #[arg(long, default_value_t = 64)]
+    pub batch: i64,
+    /// Number of networks trained simultaneously.
+    #[arg(long, default_value_t = 2)]
+    pub k: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed SATM steps per run (after 2 warm-up steps).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Alternating rounds (satm, PyTorch, satm, PyTorch, ...); the best of each is reported.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// satm's precision for the "satm default" row: fp32, bf16 or auto.
+    #[arg(long, default_value = "auto")]
+    pub precision: String,
+    /// channels_last for satm's default row (on by default for conv nets).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub channels_last: bool,
+    /// Width multiplier of the network.
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    /// Skip the PyTorch reference (satm only).
+    #[arg(long)]
+    pub no_ref: bool,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run one satm measurement in this process and print its JSON.
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
+/// Multiply-accumulates of one forward pass of one image (convolutions and linear layers), from the architectures of
+/// ref_satm.py. Used for achieved GFLOP/s.
+pub fn forward_macs(arch: &str, size: i64, width: f64, classes: i64) -> Result<f64> {
+    let w = |c: i64| ((c as f64 * width).round() as i64).max(1);
+    let conv = |hw: i64, cin: i64, cout: i64, k: i64| (hw * hw * cin * cout * k * k) as f64;
+    let mut macs = 0.0;
+    match arch {
+        "vgg_s" | "vggbn_s" => {
+            let (mut c, mut s) = (3, size);
+            for v in [64, 64, 0, 128, 128, 0, 256, 256, 0] {
+                if v == 0 {
+                    s /= 2;
+                } else {
+                    macs += conv(s, c, w(v), 3);
+                    c = w(v);
+                }
+            }
+            macs += (c * w(512) + w(512) * classes) as f64;
+        }
+        "resnet_s" => {
+            let mut s = size;
+            macs += conv(s, 3, w(64), 3);
+            let mut c = w(64);
+            for (i, width_) in [64, 128, 256, 512].iter().enumerate() {
+                let out = w(*width_);
+                let stride = if i == 0 { 1 } else { 2 };
+                s /= stride;
+                macs += conv(s, c, out, 3) + conv(s, out, out, 3);
+                if stride != 1 || c != out {
+                    macs += conv(s, c, out, 1);
+                }
+                macs += 2.0 * conv(s, out, out, 3);
+                c = out;
+            }
+            macs += (c * classes) as f64;
+        }
+        o => bail!("bench: arch '{o}' is not one of vgg_s, vggbn_s, resnet_s"),
+    }
+    Ok(macs)
+}
+
+/// FLOPs of one SATM step over the batch: per network, crafting costs a forward and an input-gradient backward (≈ 2F),
+/// training a forward over clean + adversarial and a full backward (≈ 3F over 2B images).
+pub fn step_flops(arch: &str, size: i64, width: f64, classes: i64, batch: i64, k: usize) -> Result<f64> {
+    let f = 2.0 * forward_macs(arch, size, width, classes)?;
+    Ok(k as f64 * batch as f64 * (2.0 * f + 6.0 * f))
+}
+
+/// Measured matmul peak (GFLOP/s) for `kind` on the CPU with the current thread count.
+pub fn matmul_peak(kind: Kind) -> f64 {
+    let n = 2048;
+    let a = Tensor::rand([n, n], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let b = Tensor::rand([n, n], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let _ = a.matmul(&b);
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let _ = a.matmul(&b);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// One satm measurement in this process: warm-up, then `steps` timed SATM steps on a fixed random batch.
+fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
+    device::set_threads(a.threads)?;
+    device::seed_everything(0);
+    let precision = Precision::parse(&a.precision)?;
+    let classes = 8;
+    let spec = ModelSpec { arch: a.arch.clone(), classes, width: a.width, size: a.size, ..ModelSpec::default() };
+    let mut nets: Vec<Net> = (0..a.k).map(|_| Net::new(&spec, Device::Cpu)).collect::<Result<_>>()?;
+    let images = Tensor::randint(256, [a.batch, 3, a.size, a.size], (Kind::Uint8, Device::Cpu));
+    let labels: Vec<i64> = Vec::<i64>::try_from(&Tensor::randint(classes, [a.batch], (Kind::Int64, Device::Cpu)))?;
+    let n = a.batch as usize;
+    let data = Dataset {
+        name: "bench".into(),
+        images,
+        labels,
+        groups: vec![String::new(); n],
+        folds: vec![-1; n],
+        classes: (0..classes).map(|c| c.to_string()).collect(),
+        paths: vec![String::new(); n],
+    };
+    let cfg = |steps: usize| TrainConfig {
+        steps,
+        batch_size: a.batch as usize,
+        lr: 1e-3,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        r_adv: 1.0,
+        r_da: 0.1,
+        log_every: steps.max(1),
+        keep_best: false,
+        precision,
+        channels_last: a.channels_last,
+        ..TrainConfig::default()
+    };
+    let mut go = |steps: usize| -> Result<f64> {
+        let t = std::time::Instant::now();
+        train::run(train::Run {
+            trainees: nets.iter_mut().collect(),
+            frozen: vec![],
+            train: &data,
+            val: None,
+            cfg: cfg(steps),
+            dir: None,
+            resume: None,
+            progress: false,
+        })?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    go(2)?;
+    let dt = go(a.steps)?;
+    let (bf16, why) = precision.resolve(Device::Cpu);
+    let flops = step_flops(&a.arch, a.size, a.width, classes, a.batch, a.k)? * a.steps as f64;
+    Ok(serde_json::json!({
+        "impl": "satm", "arch": a.arch, "size": a.size, "batch": a.batch, "k": a.k, "threads": device::threads(),
+        "precision": if bf16 { "bf16" } else { "fp32" }, "precision_reason": why, "channels_last": a.channels_last,
+        "steps": a.steps, "s_per_step": dt / a.steps as f64, "img_per_s": (a.batch as usize * a.steps) as f64 / dt,
+        "gflop_per_s": flops / dt / 1e9, "max_rss_mb": device::peak_rss_mb(),
+    }))
+}
+
+fn ref_script() -> PathBuf {
+    if let Some(p) = std::env::var_os("SATM_REF_BENCH") {
+        return PathBuf::from(p);
+    }
+    crate::script::data_root().join("../bench/ref_satm.py")
+}
+
+fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("SATM_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dirs::home_dir().unwrap_or_default().join(".cache/satm/venv"));
+    venv.join("bin/python")
+}
+
+fn run_json(cmd: &mut Command, what: &str) -> Result<serde_json::Value> {
+    let out = cmd.output().with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow::anyhow!("{what} printed no JSON"))?;
+    serde_json::from_str(line).with_context(|| format!("{what} printed bad JSON"))
+}
+
+fn satm_run(a: &BenchArgs, precision: &str, channels_last: bool) -> Result<serde_json::Value> {
+    let exe = std::env::current_exe()?;
+    let mut c = Command::new(exe);
+    c.args(["bench", "--worker", "--arch", &a.arch, "--size", &a.size.to_string(), "--batch", &a.batch.to_string()])
+        .args(["--k", &a.k.to_string(), "--threads", &a.threads.to_string(), "--steps", &a.steps.to_string()])
+        .args(["--precision", precision, "--channels-last", &channels_last.to_string(), "--width", &a.width.to_string()]);
+    run_json(&mut c, "satm bench worker")
+}
+
+fn ref_run(a: &BenchArgs, bf16: bool) -> Result<serde_json::Value> {
+    let script = ref_script();
+    if !script.is_file() {
+        bail!("PyTorch reference {} not found (set SATM_REF_BENCH, or pass --no-ref)", script.display());
+    }
+    let mut c = Command::new(venv_python());
+    c.arg(&script)
+        .args(["--arch", &a.arch, "--size", &a.size.to_string(), "--batch", &a.batch.to_string(), "--k", &a.k.to_string()])
+        .args(["--threads", &a.threads.to_string(), "--steps", &a.steps.to_string(), "--json"]);
+    if bf16 {
+        c.args(["--bf16", "--channels_last"]);
+    }
+    run_json(&mut c, "ref_satm.py")
+}
+
+fn best(runs: &[serde_json::Value]) -> Option<&serde_json::Value> {
+    runs.iter().max_by(|x, y| x["img_per_s"].as_f64().unwrap_or(0.0).total_cmp(&y["img_per_s"].as_f64().unwrap_or(0.0)))
+}
+
+pub fn main(a: &BenchArgs) -> i32 {
+    match run(a) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("satm bench: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(a: &BenchArgs) -> Result<()> {
+    if a.worker {
+        println!("{}", worker(a)?);
+        return Ok(());
+    }
+    if a.steps == 0 || a.rounds == 0 || a.batch <= 0 || a.k == 0 {
+        bail!("--steps, --rounds, --batch and --k must be at least 1");
+    }
+    forward_macs(&a.arch, a.size, a.width, 8)?;
+    // Rows: (name, satm precision, satm channels_last, reference bf16+channels_last)
+    let modes = [("fp32", "fp32", false, false), ("satm default vs PyTorch bf16+CL", a.precision.as_str(), a.channels_last, true)];
+    let mut results = vec![];
+    for (name, prec, cl, ref_bf16) in modes {
+        let (mut s, mut r) = (vec![], vec![]);
+        for _ in 0..a.rounds {
+            s.push(satm_run(a, prec, cl)?);
+            if !a.no_ref {
+                r.push(ref_run(a, ref_bf16)?);
+            }
+        }
+        results.push((name, best(&s).cloned(), best(&r).cloned()));
+    }
+    device::set_threads(a.threads)?;
+    let peak32 = matmul_peak(Kind::Float);
+    let peak16 = matmul_peak(Kind::BFloat16);
+    let f = |v: &Option<serde_json::Value>, k: &str| v.as_ref().and_then(|v| v[k].as_f64());
+    // PyTorch's best eager mode is the faster of its fp32 and bf16+channels_last runs.
+    let ref_best = results.iter().filter_map(|(_, _, r)| f(r, "img_per_s")).fold(f64::NAN, f64::max);
+    let mut t = Table::new(
+        format!("SATM step, {} {}x{}, batch {}, K={}, {} threads, {} steps (best of {})", a.arch, a.size, a.size, a.batch, a.k, a.threads, a.steps, a.rounds),
+        &["mode", "satm img/s", "PyTorch img/s", "ratio", "satm RSS MB", "PyTorch RSS MB", "satm GFLOP/s", "matmul peak GFLOP/s"],
+    );
+    let num = |v: Option<f64>, d: usize| v.map(|x| Cell::num(x, d)).unwrap_or(Cell::Empty);
+    for (name, s, r) in &results {
+        let prec = s.as_ref().and_then(|v| v["precision"].as_str()).unwrap_or("fp32");
+        let peak = if prec == "bf16" { peak16 } else { peak32 };
+        let ratio = match (f(s, "img_per_s"), f(r, "img_per_s")) {
+            (Some(x), Some(y)) => Some(x / y),
+            _ => None,
+        };
+        t.push(vec![
+            Cell::text(format!("{name} (satm {prec})")),
+            num(f(s, "img_per_s"), 1),
+            num(f(r, "img_per_s"), 1),
+            num(ratio, 2),
+            num(f(s, "max_rss_mb"), 0),
+            num(f(r, "max_rss_mb"), 0),
+            num(f(s, "gflop_per_s"), 1),
+            Cell::num(peak, 1),
+        ])?;
+    }
+    let satm_default = f(&results[1].1, "img_per_s");
+    if let (Some(sd), false) = (satm_default, ref_best.is_nan()) {
+        t.note(format!("satm default vs PyTorch's best eager mode: {:.2}x", sd / ref_best));
+    }
+    t.note("GFLOP/s counts conv/linear FLOPs of crafting (forward + input gradient) and training (forward + backward over clean and adversarial).");
+    if a.json {
+        let j = serde_json::json!({
+            "rows": results.iter().map(|(n, s, r)| serde_json::json!({"mode": n, "satm": s, "pytorch": r})).collect::<Vec<_>>(),
+            "pytorch_best_img_per_s": if ref_best.is_nan() { serde_json::Value::Null } else { ref_best.into() },
+            "satm_default_vs_pytorch_best": satm_default.map(|s| s / ref_best).filter(|x| x.is_finite()),
+            "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
+            "cpu": device::cpu_info(),
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        println!("{}", t.render());
+    }
+    Ok(())
+}
