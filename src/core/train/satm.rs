@@ -10,7 +10,7 @@ use super::config::{GuardAction, SourcePolicy, TrainConfig};
 use super::grl::grl;
 use super::optim::Optimizer;
 use super::History;
-use crate::core::amp::{self, Autocast};
+use crate::core::amp::Autocast;
 use crate::core::attacks::{self, AttackKind, AttackSpec, Target};
 use crate::core::cancel;
 use crate::core::data::{Batch, BatchOpts, Dataset};
@@ -175,7 +175,7 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
             }
         }
     }
-    let labels: Vec<String> = run.trainees.iter().map(|n| n.label()).chain(run.frozen.iter().map(|n| n.label())).collect();
+    let labels = unique_labels(run.trainees.iter().map(|n| n.label()).chain(run.frozen.iter().map(|n| n.label())).collect());
     let spec = attack_spec(&cfg)?;
     let use_bf16: Vec<bool> = run
         .trainees
@@ -367,13 +367,13 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
             let b = x.size()[0];
             let loss = {
                 let _ac = Autocast::new(dev, use_bf16[k])?;
-                let x_in = if cfg.channels_last { amp::channels_last(&x) } else { x.shallow_clone() };
+                // (Net converts its input to channels_last itself when its weights are.)
+                let x_in = x.shallow_clone();
                 let xa: Option<Tensor> = if chosen[k].is_empty() {
                     None
                 } else {
                     let parts: Vec<Tensor> = chosen[k].iter().map(|s| adv[s].to_device(dev)).collect();
-                    let t = Tensor::f_cat(&parts, 0)?;
-                    Some(if cfg.channels_last { amp::channels_last(&t) } else { t })
+                    Some(Tensor::f_cat(&parts, 0)?)
                 };
                 // Without batch statistics one forward pass over [clean; adv] is the same math, and faster.
                 let (fc, fa) = match (&xa, m.batch_stats) {
@@ -415,7 +415,6 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
                 }
                 if cfg.white_box != 0.0 {
                     let own = adv[&k].to_device(dev);
-                    let own = if cfg.channels_last { amp::channels_last(&own) } else { own };
                     let lw = net.head(&net.features_t(&own, true)?)?;
                     let wb = ce(&lw, &y)?;
                     m_acc(&mut accs[k], "white_box_loss", &wb)?;
@@ -571,6 +570,14 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         trainees,
         labels,
     })
+}
+
+/// Network labels for logs and tables; repeated architectures get `#i` (1-based position) appended.
+pub fn unique_labels(raw: Vec<String>) -> Vec<String> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, l)| if raw.iter().filter(|m| *m == l).count() > 1 { format!("{l}#{}", i + 1) } else { l.clone() })
+        .collect()
 }
 
 fn m_acc(a: &mut Acc, name: &'static str, t: &Tensor) -> Result<()> {
