@@ -59,6 +59,8 @@ pub enum Cmd {
     },
     /// The SATM step against the plain-PyTorch reference, side by side (img/s, ratio, peak RSS, GFLOP/s).
     Bench(crate::bench::BenchArgs),
+    /// Run a script over a grid of parameters (locally or as a Slurm job array); status; collect into tables.
+    Grid(crate::grid::GridArgs),
 }
 
 /// Applies `--set`, `--out`, `--device`, ... to the script session. Errors name the offending option.
@@ -217,6 +219,7 @@ pub fn main() -> i32 {
             0
         }
         (None, Some(Cmd::Bench(a))) => crate::bench::main(a),
+        (None, Some(Cmd::Grid(args))) => crate::grid::main(args, &cli.session),
         (None, Some(Cmd::Repl)) | (None, None) => {
             if let Err(e) = apply_session(&cli.session, "repl") {
                 eprintln!("satm: {e}");
