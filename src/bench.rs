@@ -124,16 +124,7 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
     let mut nets: Vec<Net> = (0..a.k).map(|_| Net::new(&spec, Device::Cpu)).collect::<Result<_>>()?;
     let images = Tensor::randint(256, [a.batch, 3, a.size, a.size], (Kind::Uint8, Device::Cpu));
     let labels: Vec<i64> = Vec::<i64>::try_from(&Tensor::randint(classes, [a.batch], (Kind::Int64, Device::Cpu)))?;
-    let n = a.batch as usize;
-    let data = Dataset {
-        name: "bench".into(),
-        images,
-        labels,
-        groups: vec![String::new(); n],
-        folds: vec![-1; n],
-        classes: (0..classes).map(|c| c.to_string()).collect(),
-        paths: vec![String::new(); n],
-    };
+    let data = Dataset::new("bench", images, labels, (0..classes).map(|c| c.to_string()).collect(), vec![], vec![], vec![])?;
     let cfg = |steps: usize| TrainConfig {
         steps,
         batch_size: a.batch as usize,

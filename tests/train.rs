@@ -21,15 +21,7 @@ fn synthetic(n: usize, seed: i64) -> Dataset {
         let _ = imgs.get(i as i64).narrow(1, off, 5).narrow(2, off, 5).fill_(v);
     }
     let images = (imgs.clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8);
-    Dataset {
-        name: "synthetic".into(),
-        images,
-        labels,
-        groups: vec![String::new(); n],
-        folds: vec![-1; n],
-        classes: (0..CLASSES).map(|c| format!("c{c}")).collect(),
-        paths: vec![String::new(); n],
-    }
+    Dataset::new("synthetic", images, labels, (0..CLASSES).map(|c| format!("c{c}")).collect(), vec![], vec![], vec![]).unwrap()
 }
 
 fn net(seed: i64, arch: &str) -> Net {

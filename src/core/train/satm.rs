@@ -331,8 +331,9 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         let mut xy = |d: Device| -> (Tensor, Tensor) {
             on_dev
                 .entry(format!("{d:?}"))
-                .or_insert_with(|| (batch.x.to_device(d), batch.y.to_device(d)))
-                .clone()
+                .or_insert_with(|| (batch.x.to_device(d), batch.y.to_device(d)));
+            let (x, y) = &on_dev[&format!("{d:?}")];
+            (x.shallow_clone(), y.shallow_clone())
         };
 
         // 1–2: sources of this step, crafted before any update.
