@@ -1,7 +1,7 @@
 //! Script API for core::report: the Table type (building, printing, saving, merging folds), the History type of a
 //! training run, and PNG plots.
 use crate::core::eval::{Confusion, mean_std};
-use crate::core::report::{self, Cell, CurveOpts, PlotOpts, Table};
+use crate::core::report::{self, Cell, CurveOpts, PlotOpts, Series, Table};
 use crate::core::train::History;
 use crate::script::api::core::record_json;
 use crate::script::convert::{Opts, RResult, guard, json_to_dynamic, str_array, to_f64};
@@ -161,13 +161,11 @@ fn history_of(v: &Dynamic) -> anyhow::Result<History> {
     if let Some(h) = v.clone().try_cast::<History>() {
         return Ok(h);
     }
-    if let Some(m) = v.read_lock::<Map>() {
-        if let Some(h) = m
-            .get("history")
+    if let Some(h) = v.read_lock::<Map>().and_then(|m| {
+        m.get("history")
             .and_then(|h| h.clone().try_cast::<History>())
-        {
-            return Ok(h);
-        }
+    }) {
+        return Ok(h);
     }
     bail!(
         "expected a History or a training result with a 'history' key, got {}",
@@ -177,8 +175,8 @@ fn history_of(v: &Dynamic) -> anyhow::Result<History> {
 
 /// Series for plot_eps from script values: an `eps_sweep` result (`#{model, eps, accuracy}`), an array of them, or a
 /// map label → (sweep result | array of [eps, rate] pairs).
-fn eps_series(v: &Dynamic) -> anyhow::Result<Vec<(String, Vec<(f64, f64)>)>> {
-    fn sweep(label: &str, m: &Map) -> anyhow::Result<(String, Vec<(f64, f64)>)> {
+fn eps_series(v: &Dynamic) -> anyhow::Result<Vec<Series>> {
+    fn sweep(label: &str, m: &Map) -> anyhow::Result<Series> {
         let nums = |k: &str| -> anyhow::Result<Vec<f64>> {
             let a = m
                 .get(k)
@@ -207,7 +205,7 @@ fn eps_series(v: &Dynamic) -> anyhow::Result<Vec<(String, Vec<(f64, f64)>)>> {
             .unwrap_or_else(|| label.to_string());
         Ok((label, e.into_iter().zip(a).collect()))
     }
-    fn pairs(label: &str, a: Array) -> anyhow::Result<(String, Vec<(f64, f64)>)> {
+    fn pairs(label: &str, a: Array) -> anyhow::Result<Series> {
         let pts = a
             .into_iter()
             .map(|p| {
