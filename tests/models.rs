@@ -329,3 +329,83 @@ fn channels_last_and_normalization_and_width() {
     bad.width = 0.5;
     assert!(Net::new(&bad, Device::Cpu).is_err());
 }
+
+fn eval<T: Clone + 'static>(src: &str) -> Result<T, String> {
+    let engine = satm::script::new_engine();
+    engine.eval::<T>(src).map_err(|e| e.to_string())
+}
+
+#[test]
+fn script_model_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    let p = p.to_str().unwrap();
+    let src = format!(
+        r#"
+        seed(5);
+        let m = model("resnet_s", #{{classes: 3, width: 0.25}});
+        let x = rand([2, 3, 32, 32]);
+        let y = m.predict(x);
+        let l = m.logits(x);
+        let f = m.features(x);
+        m.save("{p}");
+        let c = m.clone();
+        let n = model("resnet_s", #{{classes: 3, width: 0.25, pretrained: "{p}"}});
+        let same = (n.logits(x) - l).abs().max().item();
+        m.freeze("features");
+        let t = m.summary();
+        let w = model("resnet_s", #{{classes: 5, width: 0.25}});
+        let r = w.load("{p}", #{{strict: false}});
+        [y.shape, l.shape, f.shape, m.params, m.trainable_params, same, r.mismatched.len(), r.loaded, m.arch, m.classes,
+         m.device, c.trainable_params, m.to_string(), m.to("cpu").device, t.to_string()]
+    "#
+    );
+    let out: rhai::Array = eval(&src).unwrap();
+    let s: Vec<String> = out.iter().map(|v| v.to_string()).collect();
+    assert_eq!(s[0], "[2]");
+    assert_eq!(s[1], "[2, 3]");
+    assert_eq!(s[2], "[2, 128]");
+    let params = out[3].as_int().unwrap();
+    let net = Net::new(
+        &{
+            let mut s = ModelSpec::new("resnet_s", 3);
+            s.width = 0.25;
+            s
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(params, net.param_count());
+    assert_eq!(out[4].as_int().unwrap(), 128 * 3 + 3, "only the head stays trainable");
+    assert_eq!(out[5].as_float().unwrap(), 0.0, "pretrained weights reproduce the saved model");
+    assert_eq!(out[6].as_int().unwrap(), 2, "head.weight and head.bias mismatch");
+    assert_eq!(out[7].as_int().unwrap() as usize, net.named_variables().len() - 2);
+    assert_eq!(s[8], "resnet_s");
+    assert_eq!(out[9].as_int().unwrap(), 3);
+    assert_eq!(s[10], "cpu");
+    assert_eq!(out[11].as_int().unwrap(), params, "the clone was made before freezing");
+    assert!(s[12].starts_with("Model[resnet_s@w0.25; 3 classes;"), "{}", s[12]);
+    assert!(s[14].contains("features.3") && s[14].contains("total"), "{}", s[14]);
+}
+
+#[test]
+fn script_model_errors_name_the_problem() {
+    let cases = [
+        (r#"model("vgg17")"#, "unknown architecture 'vgg17'"),
+        (r#"model("vgg_s", #{clases: 3})"#, "valid options"),
+        (r#"model("vgg_s", #{classes: 0})"#, "classes must be at least 1"),
+        (r#"model("vgg_s", #{mean: [0.5, 0.5]})"#, "needs 3 numbers"),
+        (r#"model("vgg_s", #{norm: "imagenett"})"#, "imagenet"),
+        (r#"model("vgg_s", #{device: "tpu"})"#, "expected cpu, cuda"),
+        (r#"model("vgg_s", #{strict: false})"#, "'strict' applies to 'pretrained'"),
+        (r#"model("vgg_s", #{pretrained: "/nonexistent/w.safetensors"})"#, "does not exist"),
+        (r#"model("resnet18", #{width: 0.5})"#, "width applies to the CPU-scale nets"),
+        (r#"model("vgg_s").freeze("layer4")"#, "no parameter of vgg_s lies under 'layer4'"),
+        (r#"model("vgg_s").logits(rand([2, 1, 32, 32]))"#, "expected images [B, 3, H, W]"),
+        (r#"model("vgg_s").load("w.pth")"#, "does not exist"),
+    ];
+    for (src, want) in cases {
+        let err = eval::<rhai::Dynamic>(src).err().unwrap_or_else(|| panic!("{src} succeeded"));
+        assert!(err.contains(want), "{src}: {err}");
+    }
+}
