@@ -1,0 +1,97 @@
+"""Exports a PyTorch reference for satm's model cross-checks (tests/models.rs).
+
+Builds ARCH in PyTorch with random weights (BN running statistics randomised too, so eval-mode BN is exercised),
+runs it in eval mode on a random input, and writes to OUT:
+  weights.safetensors  the model's state_dict (ref_satm.py's `da` head excluded), as satm loads it
+  da.safetensors       the DA head's weights (ref_satm archs only), names `da.0.weight` ...
+  io.safetensors       x [B,3,S,S] in [0,1], logits [B,C], features [B,F], da [B,1] (ref_satm archs only)
+  meta.json            arch, classes, size, param_count (sum of p.numel()), feature_dim
+Usage: python export_pytorch_ref.py --arch resnet18 --classes 5 --size 64 --batch 2 --out DIR [--bench DIR] [--aux]
+CPU-scale archs (vgg_s, vggbn_s, resnet_s) come from ref_satm.py in --bench (../shared/bench by default).
+"""
+import argparse, json, os, sys
+import torch, torch.nn as nn
+from safetensors.torch import save_file
+
+CPU_ARCHS = ("vgg_s", "vggbn_s", "resnet_s")
+
+
+def build(arch, classes, bench, aux):
+    if arch in CPU_ARCHS:
+        sys.path.insert(0, bench)
+        from ref_satm import Net
+        return Net(arch, classes)
+    import torchvision.models as tvm
+    if arch == "inception_v3":
+        return tvm.inception_v3(weights=None, num_classes=classes, aux_logits=aux, init_weights=False, transform_input=False)
+    return getattr(tvm, arch)(weights=None, num_classes=classes)
+
+
+def features(net, arch, x):
+    """The vector satm's features() returns: ref_satm `features`, VGG classifier[:-1], ResNet/Inception pre-fc."""
+    if arch in CPU_ARCHS:
+        return net.features(x)
+    if arch.startswith("vgg"):
+        h = torch.flatten(net.avgpool(net.features(x)), 1)
+        return net.classifier[:-1](h)
+    fc, net.fc = net.fc, nn.Identity()
+    try:
+        return net(x)
+    finally:
+        net.fc = fc
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", required=True)
+    p.add_argument("--classes", type=int, default=5)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aux", action="store_true", help="inception_v3 with AuxLogits")
+    p.add_argument("--out", required=True)
+    p.add_argument("--bench", default=None, help="directory of ref_satm.py (default: the first ../shared/bench above tools/)")
+    a = p.parse_args()
+    if a.bench is None:
+        d = os.path.dirname(os.path.abspath(__file__))
+        while d != os.path.dirname(d) and not os.path.isfile(os.path.join(d, "shared", "bench", "ref_satm.py")):
+            d = os.path.dirname(d)
+        a.bench = os.path.join(d, "shared", "bench")
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(1)
+    net = build(a.arch, a.classes, a.bench, a.aux)
+    with torch.no_grad():
+        # Random, well-scaled weights: default inits plus random BN affine and running statistics.
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5); m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2); m.running_var.uniform_(0.5, 1.5)
+                m.num_batches_tracked.fill_(7)
+            elif isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.normal_(0, (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.uniform_(-0.1, 0.1)
+    net.eval()
+    x = torch.rand(a.batch, 3, a.size, a.size)
+    with torch.no_grad():
+        f = features(net, a.arch, x)
+        logits = net(x)
+        io = {"x": x, "logits": logits, "features": f}
+        if a.arch in CPU_ARCHS:
+            io["da"] = net.da(f)
+    sd = {k: v.contiguous() for k, v in net.state_dict().items() if not k.startswith("da.")}
+    os.makedirs(a.out, exist_ok=True)
+    save_file(sd, os.path.join(a.out, "weights.safetensors"))
+    if a.arch in CPU_ARCHS:
+        da = {"da." + k: v.contiguous() for k, v in net.da.state_dict().items()}
+        save_file(da, os.path.join(a.out, "da.safetensors"))
+    save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(a.out, "io.safetensors"))
+    params = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("da."))
+    with open(os.path.join(a.out, "meta.json"), "w") as fh:
+        json.dump(dict(arch=a.arch, classes=a.classes, size=a.size, param_count=params, feature_dim=f.shape[1],
+                       keys=sorted(sd)), fh)
+
+
+if __name__ == "__main__":
+    main()
