@@ -83,3 +83,31 @@ fn utkface_loads_with_both_mappings_and_cache() {
     );
     assert!(seen.iter().all(|&c| c == 1));
 }
+
+#[test]
+fn zz_profile_batches() {
+    let ds = synthetic(&SyntheticOpts {
+        n: 9800,
+        classes: 8,
+        size: 32,
+        ..Default::default()
+    })
+    .unwrap();
+    for aug in [false, true] {
+        let opts = BatchOpts {
+            batch_size: 64,
+            shuffle: true,
+            seed: 3,
+            augment: aug,
+            drop_last: false,
+            device: Device::Cpu,
+        };
+        let t = Instant::now();
+        let n = ds
+            .batches(&opts)
+            .unwrap()
+            .map(|b| b.unwrap().x.size()[0])
+            .sum::<i64>();
+        println!("aug {aug}: {n} items {:?}", t.elapsed());
+    }
+}

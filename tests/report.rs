@@ -283,3 +283,53 @@ fn confusion_heat_map_colours_follow_the_matrix() {
     assert_eq!(px(0, 2), [255, 255, 255], "a zero cell stays white");
     assert!(plot_confusion(&conf, &labels[..2], &p, &o).is_err());
 }
+
+fn run(src: &str) -> Result<rhai::Dynamic, String> {
+    let engine = satm::script::new_engine();
+    let mut scope = rhai::Scope::new();
+    satm::script::run_source(&engine, src, "<test>", &mut scope)
+}
+
+#[test]
+fn script_tables_plots_and_record() {
+    let dir = tempfile::tempdir().unwrap();
+    satm::script::state::update(|s| s.out_dir = Some(dir.path().join("run")));
+    let d = dir.path().display().to_string();
+    let src = format!(
+        r#"
+        let t = table("Table 2. White-box", ["Model", "Cr", "One-off", "n"]);
+        t.add_row(["VGG", change(0.043, 0.0722), change(#{{accuracy: 0.139}}, 0.2143), 120]);
+        t.add_row(["ResNet", rate(0.0879), #{{mean: 0.263, std: 0.01, n: 5}}, ()]);
+        t.note("eps 16/256");
+        let files = t.save("{d}/t2");
+        record("t2", t);
+        let ms = mean_std([0.2, 0.4, 0.6]);
+        plot_confusion([[3, 1], [0, 4]], "{d}/c.png", #{{width: 300, height: 320, labels: ["young", "old"]}});
+        plot_eps(#{{A: [[0.0, 0.9], [0.03125, 0.2]]}}, "{d}/e.png");
+        [files.len(), t.rows(), t.cell(0, "Cr").after, ms.std, t.to_markdown()]
+    "#
+    );
+    let out = run(&src).unwrap().into_array().unwrap();
+    assert_eq!(out[0].as_int().unwrap(), 3);
+    assert_eq!(out[1].as_int().unwrap(), 2);
+    assert!((out[2].as_float().unwrap() - 0.0722).abs() < 1e-12);
+    assert!((out[3].as_float().unwrap() - 0.2).abs() < 1e-12);
+    let md = out[4].clone().into_string().unwrap();
+    assert!(
+        md.contains("| VGG | 4.30% → 7.22% | 13.90% → 21.43% | 120 |"),
+        "{md}"
+    );
+    assert!(md.contains("| ResNet | 8.79% | 26.30% ± 1.00 |  |"), "{md}");
+    let results: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("run/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results["t2"]["rows"][0][1]["before"].as_f64(), Some(0.043));
+    assert_eq!(decode(&dir.path().join("c.png")).dimensions(), (300, 320));
+    assert_eq!(decode(&dir.path().join("e.png")).dimensions(), (900, 600));
+    // Bad input is a script error naming the function, not a crash.
+    let e = run("let t = table(\"x\", [\"a\"]); t.add_row([1, 2]);").unwrap_err();
+    assert!(e.contains("add_row") && e.contains("2 cells"), "{e}");
+    let e = run("plot_eps(#{a: [[1]]}, \"/tmp/never.png\", #{colour: 1})").unwrap_err();
+    assert!(e.contains("unknown option") && e.contains("width"), "{e}");
+}

@@ -339,7 +339,7 @@ impl Session {
 
     /// `:load FILE`: runs a script file into the session's scope.
     pub fn load(&mut self, path: &str) -> Result<Dynamic, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: cannot read script: {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: error: cannot read script: {e}"))?;
         self.eval(&text, path)
     }
 

@@ -150,6 +150,11 @@ pub fn read_named_source(name: &str) -> Option<String> {
     candidates.iter().filter(|p| p.is_file()).find_map(|p| std::fs::read_to_string(p).ok())
 }
 
+/// How an error names a source: modules are imported without their extension (`stdlib/experiment`), shown with it.
+fn display_source(name: &str) -> String {
+    if name.starts_with('<') || Path::new(name).extension().is_some() { name.to_string() } else { format!("{name}.rhai") }
+}
+
 /// `file:line:col: error: message`, the source line and a caret under the column. Errors raised inside a function
 /// (defined in the script or in an imported module) point at the call in the user's file, then show each inner
 /// location with its own source line.
@@ -168,7 +173,7 @@ pub fn format_error_with(err: &EvalAltResult, file: &str, lookup: &dyn Fn(&str) 
     };
     let width = frames.iter().filter_map(|f| f.pos.line()).max().unwrap_or(1).to_string().len();
     let pad = " ".repeat(width);
-    let loc = |f: &Frame| format!("{}:{}:{}", f.source, f.pos.line().unwrap_or(0), f.pos.position().unwrap_or(1));
+    let loc = |f: &Frame| format!("{}:{}:{}", display_source(&f.source), f.pos.line().unwrap_or(0), f.pos.position().unwrap_or(1));
     let mut out = format!("{}: error: {msg}", loc(first));
     for (i, f) in frames.iter().enumerate() {
         if i > 0 {
@@ -198,6 +203,6 @@ pub fn run_source(engine: &Engine, source: &str, file: &str, scope: &mut Scope) 
 
 /// Reads and runs a script file.
 pub fn run_file(engine: &Engine, path: &Path, scope: &mut Scope) -> Result<Dynamic, String> {
-    let source = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read script: {e}", path.display()))?;
+    let source = std::fs::read_to_string(path).map_err(|e| format!("{}: error: cannot read script: {e}", path.display()))?;
     run_source(engine, &source, &path.display().to_string(), scope)
 }

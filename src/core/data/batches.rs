@@ -55,9 +55,14 @@ pub struct Batch {
 }
 
 /// An epoch of batches: `Iterator<Item = Result<Batch>>` with an exact length.
+///
+/// Batches are assembled with plain byte copies rather than libtorch ops: on a busy CPU, tiny intra-op-parallel
+/// kernels (index_select, casts) spend most of their time waiting for worker threads.
 pub struct Batches {
+    /// u8 `[N, 3, H, W]`, contiguous, on the CPU (a shallow clone keeps the storage alive).
     images: Tensor,
-    labels: Tensor,
+    labels: Vec<i64>,
+    chw: (usize, usize, usize),
     order: Vec<i64>,
     pos: usize,
     end: usize,
@@ -72,6 +77,16 @@ impl Batches {
         if o.batch_size == 0 {
             bail!("batch size must be at least 1");
         }
+        let sz = ds.images.size();
+        if sz.len() != 4 || ds.images.kind() != Kind::Uint8 || sz[0] as usize != ds.len() {
+            bail!(
+                "dataset '{}': images must be u8 [N, 3, H, W] with N = {}, got {:?} {sz:?}",
+                ds.name,
+                ds.len(),
+                ds.images.kind()
+            );
+        }
+        let images = ds.images.f_to_device(Device::Cpu)?.f_contiguous()?;
         let n = ds.len();
         let order = if o.shuffle {
             rng::permutation(n, o.seed, 0)
@@ -80,8 +95,9 @@ impl Batches {
         };
         let end = if o.drop_last { n - n % o.batch_size } else { n };
         Ok(Batches {
-            images: ds.images.shallow_clone(),
-            labels: Tensor::from_slice(&ds.labels),
+            images,
+            labels: ds.labels.clone(),
+            chw: (sz[1] as usize, sz[2] as usize, sz[3] as usize),
             order,
             pos: 0,
             end,
@@ -99,20 +115,38 @@ impl Batches {
 
     fn make(&mut self, idx: Vec<i64>) -> Result<Batch> {
         crate::core::cancel::check()?;
-        let it = Tensor::from_slice(&idx);
-        // [N, 3, H, W] u8 -> [B, 3, H, W] u8; moved as bytes (4x less traffic than f32)
-        let mut xb = self
-            .images
-            .f_index_select(0, &it)?
-            .f_to_device(self.device)?;
-        if self.augment {
-            xb = augment(&xb, &mut self.aug_rng)?;
+        let (c, h, w) = self.chw;
+        let per = c * h * w;
+        let n = self.labels.len();
+        // SAFETY: `images` is a contiguous u8 CPU tensor of n * per elements (checked in `new`), kept alive by `self`,
+        // and only read here.
+        let all: &[u8] =
+            unsafe { std::slice::from_raw_parts(self.images.data_ptr() as *const u8, n * per) };
+        let b = idx.len();
+        let mut buf = vec![0u8; b * per];
+        for (j, &i) in idx.iter().enumerate() {
+            let src = &all[i as usize * per..(i as usize + 1) * per];
+            let dst = &mut buf[j * per..(j + 1) * per];
+            if self.augment {
+                let (flip, dy, dx) = draw(&mut self.aug_rng);
+                augment_item(src, dst, (c, h, w), flip, dy, dx);
+            } else {
+                dst.copy_from_slice(src);
+            }
         }
-        let x = xb.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?;
-        let y = self
-            .labels
-            .f_index_select(0, &it)?
-            .f_to_device(self.device)?;
+        let shape = [b as i64, c as i64, h as i64, w as i64];
+        let x = if self.device == Device::Cpu {
+            let xf: Vec<f32> = buf.iter().map(|&v| v as f32 / 255.0).collect();
+            Tensor::f_from_slice(&xf)?.f_view(shape)?
+        } else {
+            // Move bytes (4x less traffic than f32) and convert on the device.
+            Tensor::f_from_data_size(&buf, &shape, Kind::Uint8)?
+                .f_to_device(self.device)?
+                .f_to_kind(Kind::Float)?
+                .f_div_scalar(255.0)?
+        };
+        let ys: Vec<i64> = idx.iter().map(|&i| self.labels[i as usize]).collect();
+        let y = Tensor::f_from_slice(&ys)?.f_to_device(self.device)?;
         Ok(Batch { x, y, idx })
     }
 }
@@ -136,43 +170,123 @@ impl Iterator for Batches {
 
 impl ExactSizeIterator for Batches {}
 
-/// Random horizontal flip (p = 1/2) and random crop with [`CROP_PAD`]-pixel zero padding, per sample, vectorized:
-/// the random numbers come from `rng` (so they are seeded and machine independent), the pixel work is two gathers.
+/// One sample's augmentation draw: (flip, dy, dx) with offsets in `-CROP_PAD..=CROP_PAD`.
+fn draw(r: &mut ChaCha8Rng) -> (bool, isize, isize) {
+    let p = CROP_PAD as u64;
+    let flip = rng::below(r, 2) == 1;
+    let dy = rng::below(r, 2 * p + 1) as isize - p as isize;
+    let dx = rng::below(r, 2 * p + 1) as isize - p as isize;
+    (flip, dy, dx)
+}
+
+/// Writes the flipped (optional) and shifted copy of one `[C, H, W]` image into `dst`: output (y, x) reads source
+/// (y + dy, x + dx) of the flipped image, zero outside it (= a crop of the zero-padded image).
+fn augment_item(
+    src: &[u8],
+    dst: &mut [u8],
+    (c, h, w): (usize, usize, usize),
+    flip: bool,
+    dy: isize,
+    dx: isize,
+) {
+    for ch in 0..c {
+        let plane = ch * h * w;
+        for y in 0..h {
+            let drow = &mut dst[plane + y * w..plane + (y + 1) * w];
+            let sy = y as isize + dy;
+            if sy < 0 || sy >= h as isize {
+                drow.fill(0);
+                continue;
+            }
+            let srow = &src[plane + sy as usize * w..plane + (sy as usize + 1) * w];
+            for (xo, d) in drow.iter_mut().enumerate() {
+                let sx = xo as isize + dx;
+                *d = if sx < 0 || sx >= w as isize {
+                    0
+                } else if flip {
+                    srow[w - 1 - sx as usize]
+                } else {
+                    srow[sx as usize]
+                };
+            }
+        }
+    }
+}
+
+/// Random horizontal flip (p = 1/2) and random crop with [`CROP_PAD`]-pixel zero padding, per sample, on a u8
+/// `[B, C, H, W]` tensor (the same draws, in the same order, as the batch iterator uses).
 pub fn augment(x: &Tensor, r: &mut ChaCha8Rng) -> Result<Tensor> {
     let sz = x.size();
-    if sz.len() != 4 {
-        bail!("augment: expected [B, C, H, W], got {sz:?}");
+    if sz.len() != 4 || x.kind() != Kind::Uint8 {
+        bail!(
+            "augment: expected u8 [B, C, H, W], got {:?} {sz:?}",
+            x.kind()
+        );
     }
-    let (b, c, h, w) = (sz[0], sz[1], sz[2], sz[3]);
-    let dev = x.device();
-    let p = CROP_PAD;
-    let mut flip = Vec::with_capacity(b as usize);
-    let mut dy = Vec::with_capacity(b as usize);
-    let mut dx = Vec::with_capacity(b as usize);
-    for _ in 0..b {
-        flip.push(rng::below(r, 2) == 1);
-        dy.push(rng::below(r, 2 * p as u64 + 1) as i64);
-        dx.push(rng::below(r, 2 * p as u64 + 1) as i64);
+    let (b, c, h, w) = (
+        sz[0] as usize,
+        sz[1] as usize,
+        sz[2] as usize,
+        sz[3] as usize,
+    );
+    let per = c * h * w;
+    let mut src = vec![0u8; b * per];
+    x.f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_copy_data_u8(&mut src, b * per)?;
+    let mut dst = vec![0u8; b * per];
+    for i in 0..b {
+        let (flip, dy, dx) = draw(r);
+        augment_item(
+            &src[i * per..(i + 1) * per],
+            &mut dst[i * per..(i + 1) * per],
+            (c, h, w),
+            flip,
+            dy,
+            dx,
+        );
     }
-    let mask = Tensor::from_slice(&flip)
-        .f_view([b, 1, 1, 1])?
-        .f_to_device(dev)?;
-    let flipped = x.f_flip([3])?.f_where_self(&mask, x)?;
-    // [B, C, H+2p, W+2p], zeros around the image
-    let padded = flipped.f_constant_pad_nd([p, p, p, p])?;
-    let ar_h = Tensor::f_arange(h, (Kind::Int64, dev))?;
-    let ar_w = Tensor::f_arange(w, (Kind::Int64, dev))?;
-    // rows[b, i] = dy[b] + i: [B, 1, H, 1] -> expand over channels and padded width
-    let rows = Tensor::from_slice(&dy)
-        .f_to_device(dev)?
-        .f_view([b, 1, 1, 1])?
-        .f_add(&ar_h.f_view([1, 1, h, 1])?)?;
-    let rows = rows.f_expand([b, c, h, w + 2 * p], false)?;
-    let cut = padded.f_gather(2, &rows, false)?; // [B, C, H, W+2p]
-    let cols = Tensor::from_slice(&dx)
-        .f_to_device(dev)?
-        .f_view([b, 1, 1, 1])?
-        .f_add(&ar_w.f_view([1, 1, 1, w])?)?;
-    let cols = cols.f_expand([b, c, h, w], false)?;
-    Ok(cut.f_gather(3, &cols, false)?) // [B, C, H, W]
+    Ok(Tensor::f_from_data_size(&dst, &sz, Kind::Uint8)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augment_is_a_shifted_possibly_flipped_copy() {
+        // One 1x6x6 image with distinct values; every output pixel must be 0 (padding) or the source pixel at a
+        // single common offset, possibly mirrored.
+        let img: Vec<u8> = (1..=36).collect();
+        let x = Tensor::from_slice(&img).view([1, 1, 6, 6]);
+        let mut r = rng::chacha(5, 1);
+        let mut flips = 0;
+        for _ in 0..40 {
+            let out = Vec::<u8>::try_from(augment(&x, &mut r).unwrap().view([-1])).unwrap();
+            let mut ok = false;
+            for flip in [false, true] {
+                for dy in -4isize..=4 {
+                    for dx in -4isize..=4 {
+                        let expect: Vec<u8> = (0..36)
+                            .map(|k| {
+                                let (y, xx) = ((k / 6) as isize + dy, (k % 6) as isize + dx);
+                                if !(0..6).contains(&y) || !(0..6).contains(&xx) {
+                                    0
+                                } else {
+                                    let xx = if flip { 5 - xx } else { xx };
+                                    img[(y * 6 + xx) as usize]
+                                }
+                            })
+                            .collect();
+                        if expect == out {
+                            ok = true;
+                            flips += flip as usize;
+                        }
+                    }
+                }
+            }
+            assert!(ok, "{out:?}");
+        }
+        assert!(flips > 5 && flips < 35, "flips {flips}");
+    }
 }

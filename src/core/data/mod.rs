@@ -12,7 +12,7 @@ pub mod synthetic;
 pub mod utkface;
 
 pub use adience::{AdienceOpts, AgeMapping, FaceSet, Task, adience};
-pub use batches::{Batch, BatchOpts, Batches};
+pub use batches::{Batch, BatchOpts, Batches, CROP_PAD, augment};
 pub use decode::{DecodeOpts, Resize};
 pub use folder::{ManifestOpts, csv_manifest, image_folder};
 pub use synthetic::{SyntheticOpts, synthetic};

@@ -2,5 +2,5 @@
 pub mod plot;
 pub mod table;
 
-pub use plot::{CurveOpts, PlotOpts, plot_confusion, plot_curves, plot_eps};
+pub use plot::{CurveOpts, PlotOpts, Series, plot_confusion, plot_curves, plot_eps};
 pub use table::{Cell, Table};

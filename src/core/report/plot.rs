@@ -26,6 +26,9 @@ fn ensure_font() -> Result<()> {
     .map_err(|e| anyhow!(e))
 }
 
+/// A labelled line of (x, y) points.
+pub type Series = (String, Vec<(f64, f64)>);
+
 /// Size and title of a plot.
 #[derive(Debug, Clone)]
 pub struct PlotOpts {
@@ -240,7 +243,7 @@ pub fn plot_curves(history: &History, path: &Path, opts: &CurveOpts) -> Result<(
 
 /// Accuracy vs ε: one line per labelled series of (ε, rate) points. ε values that are multiples of 1/256 are labelled
 /// "k/256" like the paper's tables.
-pub fn plot_eps(series: &[(String, Vec<(f64, f64)>)], path: &Path, opts: &PlotOpts) -> Result<()> {
+pub fn plot_eps(series: &[Series], path: &Path, opts: &PlotOpts) -> Result<()> {
     let pts = || series.iter().flat_map(|(_, p)| p.iter());
     if pts().next().is_none() {
         bail!("plot_eps: no points");
