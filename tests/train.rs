@@ -34,7 +34,8 @@ fn cfg(steps: usize) -> TrainConfig {
     TrainConfig {
         steps,
         batch_size: 32,
-        lr: 0.05,
+        lr: 0.002,
+        optimizer: satm::core::train::optim::OptimizerKind::Adam,
         weight_decay: 0.0,
         log_every: 5,
         keep_best: false,
@@ -232,17 +233,33 @@ fn resumed_run_follows_the_uninterrupted_trajectory() {
     let (mut a1, mut b1) = (net(41, "vggbn_s"), net(42, "vgg_s"));
     let full = tmp("full");
     run_for(&mut a1, &mut b1, 8, &full, false);
-    // "Killed" after 5 steps (its last checkpoint), then resumed by fresh processes' worth of fresh networks.
+    // "Killed" after 5 steps (its last checkpoint), then resumed into freshly initialised networks.
     let (mut a2, mut b2) = (net(41, "vggbn_s"), net(42, "vgg_s"));
     let part = tmp("part");
     run_for(&mut a2, &mut b2, 5, &part, false);
     let (mut a3, mut b3) = (net(141, "vggbn_s"), net(142, "vgg_s"));
     let r = run_for(&mut a3, &mut b3, 8, &part, true);
     assert_eq!(r.steps, 8);
-    for (x, y) in weights(&a1).iter().zip(weights(&a3)).chain(weights(&b1).iter().zip(weights(&b3))) {
-        let d = (x - &y).abs().max().double_value(&[]);
-        assert!(d < 1e-6, "resumed weights differ by {d}");
-    }
+    // Same trajectory up to float summation order inside libtorch's threaded kernels (observed: ~2e-6).
+    let max_diff = |p: &[Tensor], q: &[Tensor]| {
+        p.iter().zip(q).map(|(x, y)| (x - y).abs().max().double_value(&[])).fold(0.0, f64::max)
+    };
+    let d = max_diff(&weights(&a1), &weights(&a3)).max(max_diff(&weights(&b1), &weights(&b3)));
+    assert!(d < 1e-5, "resumed weights differ by {d}");
+    // A run that really diverges (another data seed) is far away: the tolerance can fail.
+    let (mut a4, mut b4) = (net(41, "vggbn_s"), net(42, "vgg_s"));
+    train::run(train::Run {
+        trainees: vec![&mut a4, &mut b4],
+        frozen: vec![],
+        train: &data,
+        val: None,
+        cfg: TrainConfig { augment: true, seed: 8, ..cfg(8) },
+        dir: None,
+        resume: None,
+        progress: false,
+    })
+    .unwrap();
+    assert!(max_diff(&weights(&a1), &weights(&a4)) > 1e-3);
     let _ = std::fs::remove_dir_all(&full);
     let _ = std::fs::remove_dir_all(&part);
 }
