@@ -13,7 +13,10 @@ use tch::{Device, Kind, Tensor};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The tensors here are tiny: one thread avoids libtorch's thread-pool overhead on a shared machine.
+    tch::set_num_threads(1);
+    guard
 }
 
 /// conv(3→8, 3×3) → ReLU → conv(8→16, 3×3, stride 2) → ReLU → avgpool 2 → linear; for 16×16 inputs.
@@ -508,4 +511,41 @@ fn check_grid_png(png: &std::path::Path, x: &Tensor, adv: &Tensor) {
         .filter(|&(xx, yy)| img.get_pixel(xx, yy).0.iter().all(|&v| v < 100))
         .count();
     assert!(dark > 30, "no text under the first pair");
+}
+
+#[test]
+fn attacks_on_vggbn_s_keep_bounds_and_batchnorm_statistics() {
+    use satm::core::models::{ModelSpec, Net};
+    let _s = serial();
+    tch::manual_seed(11);
+    // A quarter of the channels keeps this fast; the layers (conv, BN, pooling, classifier) are vggbn_s's.
+    let mut ms = ModelSpec::new("vggbn_s", 8);
+    ms.width = 0.25;
+    let net = Net::new(&ms, Device::Cpu).unwrap();
+    let x = (Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu)) * 1.2 - 0.1).clamp(0.0, 1.0);
+    // The net's own predictions, so that APGD and Square have examples to attack.
+    let y = net.forward_t(&x, false).unwrap().argmax(1, false);
+    let state = |n: &Net| -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = n.state_dict().into_iter().map(|(k, t)| (k, t.detach().copy())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let before = state(&net);
+    let eps = 8.0 / 256.0;
+    // One attack per family (every kind runs on the tiny net above).
+    for kind in [AttackKind::RStepLl, AttackKind::Pgd, AttackKind::ApgdCe, AttackKind::Square] {
+        let adv = craft(&quick(kind, eps), &[&net], &x, &y).unwrap();
+        assert!(linf(&adv, &x) <= eps + 1e-6, "{kind} on vggbn_s");
+        assert!(adv.min().double_value(&[]) >= 0.0 && adv.max().double_value(&[]) <= 1.0, "{kind}");
+    }
+    // Eval-mode crafting: weights, running statistics and batch counters are exactly as before.
+    for ((k, a), (_, b)) in before.iter().zip(state(&net)) {
+        assert!(a.equal(&b), "{k} changed while crafting in eval mode");
+    }
+    // train_mode uses batch statistics (and, like any training-mode forward, updates the running ones).
+    let mut spec = AttackSpec::new(AttackKind::Fgsm);
+    spec.train_mode = true;
+    let _ = craft(&spec, &[&net], &x, &y).unwrap();
+    let changed = before.iter().zip(state(&net)).any(|((k, a), (_, b))| k.contains("running_mean") && !a.equal(&b));
+    assert!(changed, "train_mode should run batch norm in training mode");
 }
