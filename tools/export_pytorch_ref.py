@@ -4,7 +4,8 @@ Builds ARCH in PyTorch with random weights (BN running statistics randomised too
 runs it in eval mode on a random input, and writes to OUT:
   weights.safetensors  the model's state_dict (ref_satm.py's `da` head excluded), as satm loads it
   da.safetensors       the DA head's weights (ref_satm archs only), names `da.0.weight` ...
-  io.safetensors       x [B,3,S,S] in [0,1], logits [B,C], features [B,F], da [B,1] (ref_satm archs only)
+  io.safetensors       x [B,3,S,S] in [0,1], logits [B,C], features [B,F], da [B,1] (ref_satm archs only),
+                       aux [B,C] (inception_v3 --aux: AuxLogits on Mixed_6e's output, eval mode)
   meta.json            arch, classes, size, param_count (sum of p.numel()), feature_dim
 Usage: python export_pytorch_ref.py --arch resnet18 --classes 5 --size 64 --batch 2 --out DIR [--bench DIR] [--aux]
 CPU-scale archs (vgg_s, vggbn_s, resnet_s) come from ref_satm.py in --bench (../shared/bench by default).
@@ -65,21 +66,38 @@ def main():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5); m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2); m.running_var.uniform_(0.5, 1.5)
-                m.num_batches_tracked.fill_(7)
             elif isinstance(m, (nn.Conv2d, nn.Linear)):
-                fan_in = m.weight[0].numel()
-                m.weight.normal_(0, (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
+                if a.arch in CPU_ARCHS:  # PyTorch's default init is fine; torchvision's is He-scaled already
+                    m.weight.normal_(0, (2.0 / m.weight[0].numel()) ** 0.5)
+                if m.bias is not None:  # torchvision zeroes biases: make them matter
                     m.bias.uniform_(-0.1, 0.1)
+        # Running statistics from a few training-mode batches (cumulative average), so that eval-mode activations
+        # stay O(1) through deep residual stacks and fp32 rounding stays far below the 1e-4 tolerance.
+        bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in bns:
+            m.reset_running_stats(); m.momentum = None
+        net.train()
+        # Statistics at a smaller size are as good for scaling and cheap; AuxLogits needs the full 299.
+        cal, n = (a.size, 2) if a.aux else (min(a.size, 96), 8)
+        net(torch.rand(n, 3, cal, cal))
+        for m in bns:
+            m.momentum = 0.1; m.num_batches_tracked.fill_(7)
     net.eval()
     x = torch.rand(a.batch, 3, a.size, a.size)
     with torch.no_grad():
+        seen = {}
+        if a.aux:
+            hook = net.Mixed_6e.register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
         f = features(net, a.arch, x)
-        logits = net(x)
+        if a.aux:
+            hook.remove()
+        logits = net.fc(f) if a.arch in ("inception_v3",) or a.arch.startswith("resnet") and a.arch != "resnet_s" else net(x)
         io = {"x": x, "logits": logits, "features": f}
         if a.arch in CPU_ARCHS:
             io["da"] = net.da(f)
+        if a.arch == "inception_v3" and a.aux:
+            # torchvision runs AuxLogits only in training mode; run it in eval mode on Mixed_6e's output.
+            io["aux"] = net.AuxLogits(seen["x"])
     sd = {k: v.contiguous() for k, v in net.state_dict().items() if not k.startswith("da.")}
     os.makedirs(a.out, exist_ok=True)
     save_file(sd, os.path.join(a.out, "weights.safetensors"))

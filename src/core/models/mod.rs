@@ -4,6 +4,7 @@
 //! safetensors files with no renaming (tools/convert_weights.py turns .pt/.pth files into safetensors).
 pub mod cpu;
 pub mod da;
+pub mod inception;
 pub mod layers;
 pub mod net;
 pub mod spec;

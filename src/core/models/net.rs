@@ -2,6 +2,7 @@
 //! cloning and device moves.
 use super::Classifier;
 use super::cpu::{self, Body};
+use super::inception::{self, InceptionAux};
 use super::layers::{Ctx, Linear, Stage};
 use super::spec::ModelSpec;
 use super::tv;
@@ -62,6 +63,8 @@ pub struct Net {
     head: Linear,
     head_name: String,
     feature_dim: i64,
+    /// inception_v3's auxiliary classifier, present only with `spec.aux_logits`.
+    aux: Option<InceptionAux>,
     bns: Vec<(String, Arc<AtomicI64>)>,
     /// Names of parameters (as opposed to buffers such as running statistics), fixed at construction.
     param_names: BTreeSet<String>,
@@ -176,12 +179,24 @@ impl Net {
         Net::build(spec, device, false)
     }
 
+    /// Builds `spec` and loads `path` into it. A strict load overwrites every tensor, so the network is then built
+    /// without random initialisation (faster for big nets, and the RNG stream is left untouched).
+    pub fn with_weights(spec: &ModelSpec, device: Device, path: &Path, strict: bool) -> Result<(Net, LoadReport)> {
+        let tensors = read_weights(path)?;
+        let mut net = Net::build(spec, device, strict)?;
+        let report = net
+            .load_tensors(&tensors, strict)
+            .with_context(|| format!("loading {} into {}", path.display(), net.label()))?;
+        Ok((net, report))
+    }
+
     fn build(spec: &ModelSpec, device: Device, zero_init: bool) -> Result<Net> {
         spec.validate()?;
         let vs = nn::VarStore::new(device);
         let ctx = Ctx::new(zero_init);
         let root = vs.root();
         let (c, w) = (spec.classes, spec.width);
+        let mut aux = None;
         let body: Body = match spec.arch.as_str() {
             "vgg_s" => cpu::vgg_s(&ctx, &root, c, w, false)?,
             "vggbn_s" => cpu::vgg_s(&ctx, &root, c, w, true)?,
@@ -191,6 +206,11 @@ impl Net {
             "resnet18" => tv::resnet(&ctx, &root, c, [2, 2, 2, 2], false)?,
             "resnet50" => tv::resnet(&ctx, &root, c, [3, 4, 6, 3], true)?,
             "resnet101" => tv::resnet(&ctx, &root, c, [3, 4, 23, 3], true)?,
+            "inception_v3" => {
+                let (b, a) = inception::inception_v3(&ctx, &root, c, spec.aux_logits)?;
+                aux = a;
+                b
+            }
             other => bail!("unknown architecture '{other}'"),
         };
         let param_names: BTreeSet<String> =
@@ -204,6 +224,7 @@ impl Net {
             head: body.head,
             head_name: body.head_name,
             feature_dim: body.feature_dim,
+            aux,
             bns,
             param_names,
             frozen: BTreeSet::new(),
@@ -225,6 +246,11 @@ impl Net {
 
     /// Pixels `[B, 3, H, W]` in [0, 1] → features `[B, F]` (the vector the DA head sees); normalization is inside.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.run_stages(x, train, false)?.0)
+    }
+
+    /// Runs the feature stages; with `want_aux` also inception_v3's AuxLogits on Mixed_6e's output.
+    fn run_stages(&self, x: &Tensor, train: bool, want_aux: bool) -> Result<(Tensor, Option<Tensor>)> {
         self.check_input(x)?;
         let mut h = match &self.norm {
             Some((m, s)) => x.f_sub(m)?.f_div(s)?,
@@ -233,10 +259,25 @@ impl Net {
         if self.channels_last {
             h = crate::core::amp::channels_last(&h);
         }
+        let mut aux_out = None;
         for st in &self.stages {
             h = st.m.forward(&h, train).with_context(|| format!("{} at {}", self.label(), st.name))?;
+            if let (true, Some(a), "Mixed_6e") = (want_aux, &self.aux, st.name.as_str()) {
+                aux_out = Some(a.forward(&h, train).with_context(|| format!("{} at AuxLogits", self.label()))?);
+            }
         }
-        Ok(h)
+        Ok((h, aux_out))
+    }
+
+    /// inception_v3 built with `aux_logits`: (logits, aux logits) as torchvision's training-mode output.
+    /// Other networks: (logits, None).
+    pub fn forward_with_aux(&self, x: &Tensor, train: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let m = super::spec::AUX_MIN_SIZE;
+        if self.aux.is_some() && x.dim() == 4 && (x.size()[2] < m || x.size()[3] < m) {
+            bail!("{}: AuxLogits needs inputs of at least {m}×{m}, got {:?}", self.label(), x.size());
+        }
+        let (f, a) = self.run_stages(x, train, true)?;
+        Ok((self.head(&f)?, a))
     }
 
     /// Features `[B, F]` → logits `[B, C]`.
@@ -470,6 +511,15 @@ impl Net {
                 Cell::text(format!("{:?}", h.size())),
                 Cell::Int { value: self.params_under(&st.name) },
             ])?;
+            if let (Some(a), "Mixed_6e") = (&self.aux, st.name.as_str()) {
+                let y = a.forward(&h, false)?;
+                t.push(vec![
+                    Cell::text("AuxLogits"),
+                    Cell::text("InceptionAux (not used by forward)"),
+                    Cell::text(format!("{:?}", y.size())),
+                    Cell::Int { value: self.params_under("AuxLogits") },
+                ])?;
+            }
         }
         let y = self.head.forward(&h)?;
         t.push(vec![

@@ -4,7 +4,7 @@ use anyhow::{Result, bail};
 /// The CPU-scale networks of the benchmark (ref_satm.py).
 pub const CPU_ARCHS: [&str; 3] = ["vgg_s", "vggbn_s", "resnet_s"];
 /// torchvision-compatible architectures (parameter names equal torchvision's state_dict keys).
-pub const TORCHVISION_ARCHS: [&str; 5] = ["vgg16", "vgg16_bn", "resnet18", "resnet50", "resnet101"];
+pub const TORCHVISION_ARCHS: [&str; 6] = ["vgg16", "vgg16_bn", "resnet18", "resnet50", "resnet101", "inception_v3"];
 
 /// ImageNet mean/std (torchvision's pretrained weights).
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
@@ -17,6 +17,9 @@ pub const VGGFACE_MEAN: [f64; 3] =
 pub const VGGFACE2_MEAN: [f64; 3] = [131.0912 / 255.0, 103.8827 / 255.0, 91.4953 / 255.0];
 /// std 1/255: the Caffe-era face models subtract the mean from 0–255 pixels and do not divide.
 pub const PIXEL255_STD: [f64; 3] = [1.0 / 255.0; 3];
+
+/// The smallest input for which inception_v3's AuxLogits is defined (Mixed_6e must be at least 17×17).
+pub const AUX_MIN_SIZE: i64 = 299;
 
 /// Normalization presets by name (`model(..., #{norm: "vggface"})`).
 pub const NORM_PRESETS: [&str; 6] = ["none", "imagenet", "inception", "vggface", "vggface2", "default"];
@@ -114,6 +117,12 @@ impl ModelSpec {
         }
         if self.aux_logits && a != "inception_v3" {
             bail!("aux_logits applies to inception_v3 only, not {a}");
+        }
+        if self.aux_logits && self.size < AUX_MIN_SIZE {
+            bail!(
+                "inception_v3's AuxLogits needs inputs of at least {AUX_MIN_SIZE}×{AUX_MIN_SIZE}, size is {}",
+                self.size
+            );
         }
         Ok(())
     }
