@@ -409,3 +409,45 @@ fn script_model_errors_name_the_problem() {
         assert!(err.contains(want), "{src}: {err}");
     }
 }
+
+#[test]
+fn convert_weights_turns_a_pth_checkpoint_into_loadable_safetensors_matching_pytorch() {
+    let dir = export("vgg_s", 4, 32, 2, &[]);
+    let d = dir.path();
+    // A training checkpoint as people save them: DataParallel names inside {"state_dict": ...}.
+    let make = "import sys, torch; from safetensors.torch import load_file; \
+                sd = load_file(sys.argv[1]); torch.save({'epoch': 3, 'state_dict': {'module.' + k: v for k, v in sd.items()}}, sys.argv[2])";
+    let st = Command::new(python())
+        .args(["-c", make])
+        .arg(d.join("weights.safetensors"))
+        .arg(d.join("ckpt.pth"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/convert_weights.py");
+    let run = |arch: &str, out: &str| {
+        Command::new(python())
+            .arg(&tool)
+            .arg(d.join("ckpt.pth"))
+            .arg(d.join(out))
+            .args(["--arch", arch, "--bench"])
+            .arg(bench_dir())
+            .output()
+            .unwrap()
+    };
+    let ok = run("vgg_s", "conv.safetensors");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let (net, r) =
+        Net::with_weights(&ModelSpec::new("vgg_s", 4), Device::Cpu, &d.join("conv.safetensors"), true).unwrap();
+    assert_eq!(r.loaded.len(), 16);
+    let io = io(d);
+    let y = tch::no_grad(|| net.forward_t(&io["x"], false).unwrap());
+    assert!(max_diff(&y, &io["logits"]) <= 1e-5);
+
+    // Validation against another architecture fails, names keys, and writes nothing.
+    let bad = run("resnet_s", "bad.safetensors");
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("missing") && err.contains("features.10.c1.weight"), "{err}");
+    assert!(!d.join("bad.safetensors").exists());
+}
