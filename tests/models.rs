@@ -3,6 +3,7 @@
 use satm::core::models::{DaHead, ModelSpec, Net, load_named};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor, nn};
 
 fn python() -> PathBuf {
@@ -29,31 +30,44 @@ fn bench_dir() -> PathBuf {
         .expect("ref_satm.py not found in ../shared/bench (set SATM_DATA to the shared data directory)")
 }
 
-/// Runs the exporter; returns the temp dir holding weights/io/meta.
-fn export(arch: &str, classes: i64, size: i64, batch: i64, extra: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/export_pytorch_ref.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .args([
-            "--arch",
-            arch,
-            "--classes",
-            &classes.to_string(),
-            "--size",
-            &size.to_string(),
-            "--batch",
-            &batch.to_string(),
-        ])
-        .arg("--out")
-        .arg(dir.path())
-        .arg("--bench")
-        .arg(bench_dir())
-        .args(extra)
-        .output()
-        .expect("running python");
-    assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
-    dir
+/// What the PyTorch cross-checks compare: arch, classes, input side, batch, AuxLogits. Small inputs keep it quick;
+/// inception_v3 runs at 299×299 because AuxLogits needs it.
+const REFERENCES: [(&str, i64, i64, i64, bool); 7] = [
+    ("vgg_s", 8, 32, 2, false),
+    ("vggbn_s", 8, 32, 2, false),
+    ("resnet_s", 8, 32, 2, false),
+    ("resnet18", 5, 64, 2, false),
+    ("resnet50", 3, 64, 2, false),
+    ("vgg16_bn", 4, 64, 2, false),
+    ("inception_v3", 6, 299, 1, true),
+];
+
+/// The directory with `arch`'s PyTorch reference (weights/io/meta). All references are exported once per test run
+/// by one python process (importing torch costs more than most exports), into Cargo's per-target temp directory
+/// (replaced on every run; ~700 MB, mostly vgg16_bn).
+fn reference(arch: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("models-pytorch-ref");
+        let _ = std::fs::remove_dir_all(&dir);
+        let many: Vec<String> = REFERENCES
+            .iter()
+            .map(|(a, c, s, b, aux)| format!("{a}:{c}:{s}:{b}{}", if *aux { ":aux" } else { "" }))
+            .collect();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/export_pytorch_ref.py");
+        let out = Command::new(python())
+            .arg(&script)
+            .args(["--many", &many.join(",")])
+            .arg("--out")
+            .arg(&dir)
+            .arg("--bench")
+            .arg(bench_dir())
+            .output()
+            .expect("running python");
+        assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    });
+    dir.join(arch)
 }
 
 fn io(dir: &Path) -> std::collections::HashMap<String, Tensor> {
@@ -70,13 +84,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Loads PyTorch's weights strictly and compares logits, features and the parameter count.
-fn check_against_pytorch(arch: &str, classes: i64, size: i64) -> (Net, tempfile::TempDir) {
-    check_against_pytorch_with(arch, classes, size, false)
-}
-
-fn check_against_pytorch_with(arch: &str, classes: i64, size: i64, aux: bool) -> (Net, tempfile::TempDir) {
+fn check_against_pytorch(arch: &str) -> (Net, PathBuf) {
     // inception_v3 runs at 299×299 (AuxLogits needs it): one image keeps it quick.
-    let dir = export(arch, classes, size, if aux { 1 } else { 2 }, if aux { &["--aux"] } else { &[] });
+    let (_, classes, size, _, aux) = *REFERENCES.iter().find(|r| r.0 == arch).expect("arch in REFERENCES");
+    let dir = reference(arch);
     let mut spec = ModelSpec::new(arch, classes);
     spec.aux_logits = aux;
     spec.size = size;
@@ -84,10 +95,10 @@ fn check_against_pytorch_with(arch: &str, classes: i64, size: i64, aux: bool) ->
     spec.mean = [0.0; 3];
     spec.std = [1.0; 3];
     let t0 = std::time::Instant::now();
-    let (net, report) = Net::with_weights(&spec, Device::Cpu, &dir.path().join("weights.safetensors"), true).unwrap();
+    let (net, report) = Net::with_weights(&spec, Device::Cpu, &dir.join("weights.safetensors"), true).unwrap();
     assert!(report.is_complete(), "{}", report.problems());
     eprintln!("{arch}: built and loaded in {:.2}s", t0.elapsed().as_secs_f64());
-    let io = io(dir.path());
+    let io = io(&dir);
     let x = &io["x"];
     let _g = tch::no_grad_guard();
     let f = net.features_t(x, false).unwrap();
@@ -109,7 +120,7 @@ fn check_against_pytorch_with(arch: &str, classes: i64, size: i64, aux: bool) ->
     assert!(df <= 1e-4 * fscale && dy <= 1e-4, "{arch}: features diff {df:e}, logits diff {dy:e}");
     // A wrong network gives logits far from PyTorch's, so the comparison above means something.
     assert!(scale > 1e-2, "{arch}: degenerate logits");
-    let m = meta(dir.path());
+    let m = meta(&dir);
     assert_eq!(net.param_count(), m["param_count"].as_i64().unwrap(), "{arch}: parameter count");
     assert_eq!(net.feature_dim(), m["feature_dim"].as_i64().unwrap());
     // PyTorch's num_batches_tracked (the exporter sets 7) is carried over and written back on save.
@@ -118,7 +129,7 @@ fn check_against_pytorch_with(arch: &str, classes: i64, size: i64, aux: bool) ->
     }
     // Every key of PyTorch's state_dict (num_batches_tracked included) is what satm saves, with the same shapes.
     let ours: Vec<(String, Vec<i64>)> = net.state_dict().into_iter().map(|(n, t)| (n, t.size())).collect();
-    let theirs: Vec<(String, Vec<i64>)> = Tensor::read_safetensors(dir.path().join("weights.safetensors"))
+    let theirs: Vec<(String, Vec<i64>)> = Tensor::read_safetensors(dir.join("weights.safetensors"))
         .unwrap()
         .into_iter()
         .map(|(n, t)| (n, t.size()))
@@ -147,45 +158,45 @@ fn check_da(net: &Net, dir: &Path) {
 
 #[test]
 fn vgg_s_matches_pytorch() {
-    let (net, dir) = check_against_pytorch("vgg_s", 8, 32);
-    check_da(&net, dir.path());
+    let (net, dir) = check_against_pytorch("vgg_s");
+    check_da(&net, &dir);
 }
 
 #[test]
 fn vggbn_s_matches_pytorch() {
-    let (net, dir) = check_against_pytorch("vggbn_s", 8, 32);
-    check_da(&net, dir.path());
+    let (net, dir) = check_against_pytorch("vggbn_s");
+    check_da(&net, &dir);
 }
 
 #[test]
 fn resnet_s_matches_pytorch() {
-    let (net, dir) = check_against_pytorch("resnet_s", 8, 32);
-    check_da(&net, dir.path());
+    let (net, dir) = check_against_pytorch("resnet_s");
+    check_da(&net, &dir);
 }
 
 #[test]
 fn resnet18_matches_pytorch() {
-    check_against_pytorch("resnet18", 5, 64);
+    check_against_pytorch("resnet18");
 }
 
 #[test]
 fn resnet50_matches_pytorch() {
-    check_against_pytorch("resnet50", 3, 64);
+    check_against_pytorch("resnet50");
 }
 
 #[test]
 fn vgg16_bn_matches_pytorch() {
-    let (net, _dir) = check_against_pytorch("vgg16_bn", 4, 64);
+    let (net, _dir) = check_against_pytorch("vgg16_bn");
     assert_eq!(net.feature_dim(), 4096);
     assert_eq!(net.head_name(), "classifier.6");
 }
 
 #[test]
 fn inception_v3_with_aux_logits_matches_pytorch() {
-    let (_net, dir) = check_against_pytorch_with("inception_v3", 6, 299, true);
+    let (_net, dir) = check_against_pytorch("inception_v3");
     // Without aux_logits the checkpoint's AuxLogits tensors are unexpected in a strict load and skipped otherwise.
     let mut plain = Net::new(&ModelSpec::new("inception_v3", 6), Device::Cpu).unwrap();
-    let path = dir.path().join("weights.safetensors");
+    let path = dir.join("weights.safetensors");
     let err = format!("{:#}", plain.load(&path, true).unwrap_err());
     assert!(err.contains("AuxLogits.fc.weight"), "{err}");
     let r = plain.load(&path, false).unwrap();
@@ -412,14 +423,15 @@ fn script_model_errors_name_the_problem() {
 
 #[test]
 fn convert_weights_turns_a_pth_checkpoint_into_loadable_safetensors_matching_pytorch() {
-    let dir = export("vgg_s", 4, 32, 2, &[]);
-    let d = dir.path();
+    let src = reference("vgg_s");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
     // A training checkpoint as people save them: DataParallel names inside {"state_dict": ...}.
     let make = "import sys, torch; from safetensors.torch import load_file; \
                 sd = load_file(sys.argv[1]); torch.save({'epoch': 3, 'state_dict': {'module.' + k: v for k, v in sd.items()}}, sys.argv[2])";
     let st = Command::new(python())
         .args(["-c", make])
-        .arg(d.join("weights.safetensors"))
+        .arg(src.join("weights.safetensors"))
         .arg(d.join("ckpt.pth"))
         .status()
         .unwrap();
@@ -438,9 +450,9 @@ fn convert_weights_turns_a_pth_checkpoint_into_loadable_safetensors_matching_pyt
     let ok = run("vgg_s", "conv.safetensors");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let (net, r) =
-        Net::with_weights(&ModelSpec::new("vgg_s", 4), Device::Cpu, &d.join("conv.safetensors"), true).unwrap();
+        Net::with_weights(&ModelSpec::new("vgg_s", 8), Device::Cpu, &d.join("conv.safetensors"), true).unwrap();
     assert_eq!(r.loaded.len(), 16);
-    let io = io(d);
+    let io = io(&src);
     let y = tch::no_grad(|| net.forward_t(&io["x"], false).unwrap());
     assert!(max_diff(&y, &io["logits"]) <= 1e-5);
 
