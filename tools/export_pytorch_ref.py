@@ -7,6 +7,8 @@ input, and writes to OUT:
   da.safetensors       the DA head's weights (ref_satm archs only), names `da.0.weight` ...
   io.safetensors       x [B,3,S,S] in [0,1], logits [B,C], features [B,F], da [B,1] (ref_satm archs only),
                        aux [B,C] (inception_v3 --aux: AuxLogits on Mixed_6e's output, eval mode)
+  train_state.safetensors  (ref_satm archs with BN) running statistics and counters after one training-mode
+                       forward on x; io's train_logits is that forward's output
   meta.json            arch, classes, size, param_count (sum of p.numel()), feature_dim
 Usage: python export_pytorch_ref.py --arch resnet18 --classes 5 --size 64 --batch 2 --out DIR [--bench DIR] [--aux]
        python export_pytorch_ref.py --many vgg_s:8:32:2,inception_v3:6:299:1:aux --out DIR   (into DIR/<arch>/)
@@ -113,7 +115,8 @@ def export(a):
         f = features(net, a.arch, x)
         if a.aux:
             hook.remove()
-        logits = net.fc(f) if a.arch in ("inception_v3",) or a.arch.startswith("resnet") and a.arch != "resnet_s" else net(x)
+        # torchvision ResNet / Inception: features() ran everything before fc (dropout is the identity in eval mode).
+        logits = net.fc(f) if hasattr(net, "fc") else net(x)
         io = {"x": x, "logits": logits, "features": f}
         if a.arch in CPU_ARCHS:
             io["da"] = net.da(f)
@@ -126,6 +129,15 @@ def export(a):
     if a.arch in CPU_ARCHS:
         da = {"da." + k: v.contiguous() for k, v in net.da.state_dict().items()}
         save_file(da, os.path.join(a.out, "da.safetensors"))
+    if a.arch in CPU_ARCHS:
+        # One training-mode forward: batch statistics in the output, running statistics and counters updated
+        # (momentum 0.1, unbiased variance). Saved after weights.safetensors, whose tensors share this storage.
+        net.train()
+        with torch.no_grad():
+            io["train_logits"] = net(x)
+        after = {k: v.contiguous() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
+        if after:
+            save_file(after, os.path.join(a.out, "train_state.safetensors"))
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(a.out, "io.safetensors"))
     params = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("da."))
     with open(os.path.join(a.out, "meta.json"), "w") as fh:
