@@ -411,7 +411,94 @@ fn utkface_epoch_cost_and_batches() {
     }
 }
 
+#[test]
+fn utkface_labels_from_file_names_without_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = copy_utk_images(dir.path(), 6);
+    // The two names the shipped set left out for lacking a race field.
+    std::fs::copy(
+        &files[0],
+        dir.path().join("61_1_20170109142408075.jpg.chip.jpg"),
+    )
+    .unwrap();
+    std::fs::copy(
+        &files[0],
+        dir.path().join("61_3_20170109150557335.jpg.chip.jpg"),
+    )
+    .unwrap();
+    let nc = tempfile::tempdir().unwrap();
+    let ds = utkface(
+        dir.path(),
+        &UtkOpts {
+            decode: dec(16, nc.path()),
+            folds: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(ds.report.total, 8);
+    assert_eq!(
+        ds.report
+            .dropped_for("file name does not parse as age_gender_race_datetime.jpg"),
+        2
+    );
+    // The first 6 names sorted: ages 100, 100, 101, 10, 10, 10 (all in a group: 60- or 8-13).
+    let want: Vec<i64> = files
+        .iter()
+        .map(|f| {
+            let age: u32 = f
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .split('_')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            if age >= 60 { 7 } else { 2 }
+        })
+        .collect();
+    assert_eq!(ds.labels, want);
+    assert!(ds.folds.iter().all(|&f| f == -1));
+    assert!(err_text(ds.fold_split(0)).contains("no folds"));
+}
+
 // ---------------------------------------------------------------- batches
+
+#[test]
+fn batches_on_cuda_match_cpu_when_available() {
+    if !tch::Cuda::is_available() {
+        println!("no CUDA device: skipped");
+        return;
+    }
+    let ds = synthetic(&SyntheticOpts {
+        n: 70,
+        classes: 3,
+        size: 12,
+        ..Default::default()
+    })
+    .unwrap();
+    let o = BatchOpts {
+        batch_size: 32,
+        augment: true,
+        ..Default::default()
+    };
+    let cpu: Vec<Batch> = ds.batches(&o).unwrap().map(|b| b.unwrap()).collect();
+    let gpu: Vec<Batch> = ds
+        .batches(&BatchOpts {
+            device: Device::Cuda(0),
+            ..o
+        })
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    for (c, g) in cpu.iter().zip(&gpu) {
+        assert_eq!(g.x.device(), Device::Cuda(0));
+        assert!(g.x.to_device(Device::Cpu).allclose(&c.x, 0.0, 1e-6, false));
+        assert!(g.y.to_device(Device::Cpu).equal(&c.y));
+    }
+}
 
 #[test]
 fn batches_cover_each_item_once_with_right_shapes() {
@@ -625,6 +712,24 @@ fn corrupt_and_missing_files_error_or_counted_skip() {
     .unwrap();
     assert_eq!(ds2.report, ds.report);
     assert!(ds2.images.equal(&ds.images));
+    // A damaged cache file is ignored (and rewritten), never trusted.
+    let cached: Vec<PathBuf> = std::fs::read_dir(nc.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1);
+    let bytes = std::fs::read(&cached[0]).unwrap();
+    std::fs::write(&cached[0], &bytes[..bytes.len() / 2]).unwrap();
+    let ds3 = image_folder(
+        dir.path(),
+        &ManifestOpts {
+            skip_bad: true,
+            ..o.clone()
+        },
+    )
+    .unwrap();
+    assert!(ds3.images.equal(&ds.images));
+    assert_eq!(std::fs::read(&cached[0]).unwrap(), bytes);
     // Only the broken JPEG, asked directly: its own error.
     let e = format!(
         "{:#}",
