@@ -57,6 +57,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a script over a grid of parameters (locally or as a Slurm job array); status; collect into tables.
+    Grid(crate::grid::GridArgs),
 }
 
 /// Applies `--set`, `--out`, `--device`, ... to the script session. Errors name the offending option.
@@ -214,6 +216,7 @@ pub fn main() -> i32 {
             }
             0
         }
+        (None, Some(Cmd::Grid(args))) => crate::grid::main(args, &cli.session),
         (None, Some(Cmd::Repl)) | (None, None) => {
             if let Err(e) = apply_session(&cli.session, "repl") {
                 eprintln!("satm: {e}");
