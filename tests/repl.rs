@@ -130,7 +130,10 @@ impl Repl {
                 if self.text[self.seen..].contains(needle) {
                     continue;
                 }
-                panic!("REPL output never showed {needle:?}; after the last match it printed:\n{}", &self.text[self.seen..]);
+                panic!(
+                    "REPL output never showed {needle:?}; after the last match it printed:\n{}",
+                    &self.text[self.seen..]
+                );
             }
         }
     }
