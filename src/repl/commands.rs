@@ -280,6 +280,17 @@ mod tests {
     }
 
     #[test]
+    fn help_shows_session_functions_with_their_doc_comments() {
+        let mut s = Session::new();
+        let _ = s.eval("/// Adds one.\n/// Works on ints and floats.\nfn inc(x) { x + 1 }", "<repl:1>").unwrap();
+        let h = help_for(&s, "inc");
+        assert_eq!(h, "inc(x)    [defined in this session]\n    Adds one.\n    Works on ints and floats.");
+        let list = function_list(&s, "inc");
+        let line = list.lines().find(|l| l.trim_start().starts_with("inc(x) ")).expect("inc listed");
+        assert!(line.trim_end().ends_with("[session] Adds one."), "{list}");
+    }
+
+    #[test]
     fn overview_groups_functions_by_type() {
         let _engine_registers_the_docs = Session::new();
         let o = overview();
