@@ -142,8 +142,10 @@ pub struct Collected {
     pub tables: Vec<(String, Table)>,
     /// Points not done, by name, with their state: "fold=2,arm=satm: failed (exit code 1: ...)".
     pub not_done: Vec<String>,
-    /// Other problems: names a done point did not record, tables that could not be merged, values not merged.
+    /// Other problems: names a done point did not record, tables that could not be merged.
     pub problems: Vec<String>,
+    /// Recorded values that are neither numbers nor tables (strings, bools, arrays, maps): listed, not merged.
+    pub not_merged: Vec<String>,
     /// The fold key and how many points each group should average.
     pub fold_key: String,
 }
@@ -161,6 +163,7 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
     let has_fold = grid.axes.iter().any(|k| k == fold_key);
     let mut not_done = Vec::new();
     let mut problems = Vec::new();
+    let mut not_merged = Vec::new();
     // group name → (group values, [(point index, results)])
     let mut groups: Vec<(String, Vec<String>, Vec<usize>)> = Vec::new();
     let mut results: BTreeMap<usize, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
@@ -227,7 +230,7 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
                 serde_json::Value::Bool(_) => "bool",
                 _ => "null",
             };
-            problems.push(format!("'{name}' not merged: a {kind}, not a number or a table"));
+            not_merged.push(format!("'{name}' ({kind})"));
         }
     }
     if !scalar_names.is_empty() {
@@ -271,7 +274,7 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
             t.note(format!("points not done ({}): {}", not_done.len(), not_done.iter().map(|s| s.split(": ").next().unwrap_or(s)).collect::<Vec<_>>().join("; ")));
         }
     }
-    Ok(Collected { tables, not_done, problems, fold_key: fold_key.to_string() })
+    Ok(Collected { tables, not_done, problems, not_merged, fold_key: fold_key.to_string() })
 }
 
 /// One recorded table across the grid: each group's folds merged, the group values as leading columns.
@@ -432,6 +435,9 @@ fn listing(c: &Collected, bullet: &str) -> String {
             s.push_str(&format!("{bullet}  {p}\n"));
         }
     }
+    if !c.not_merged.is_empty() {
+        s.push_str(&format!("Not merged (neither numbers nor tables): {}\n", c.not_merged.join(", ")));
+    }
     if !c.problems.is_empty() {
         s.push_str(&format!("Problems ({}):\n", c.problems.len()));
         for p in &c.problems {
@@ -466,6 +472,7 @@ pub fn save(c: &Collected, out: &Path) -> Result<Vec<std::path::PathBuf>> {
         "tables": c.tables.iter().map(|(n, t)| (n.clone(), serde_json::to_value(t).unwrap_or_default())).collect::<serde_json::Map<_, _>>(),
         "not_done": c.not_done,
         "problems": c.problems,
+        "not_merged": c.not_merged,
         "fold_key": c.fold_key,
         "complete": c.complete(),
     });

@@ -143,6 +143,8 @@ pub fn job_script(p: &SlurmProfile, job_name: &str, array: &str, grid_dir: &Path
     s.push_str(&format!("#SBATCH --job-name={job_name}\n"));
     s.push_str(&format!("#SBATCH --array={array}\n"));
     s.push_str(&format!("#SBATCH --output={gd}/slurm/%A_%a.out\n"));
+    // A requeued task appends to its log instead of truncating the attempt that was preempted.
+    s.push_str("#SBATCH --open-mode=append\n");
     s.push_str(&format!("#SBATCH --chdir={}\n", cwd.display()));
     if p.requeue {
         s.push_str("#SBATCH --requeue\n");
