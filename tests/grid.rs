@@ -577,31 +577,36 @@ fn grid_ctrl_c_stops_running_points_cleanly() {
     assert!(close(&read_json(&p1.join("results.json"))["value"], 1.0));
 }
 
-/// Whether a real Slurm answers; when SATM_SLURM=1 it must, else the test is skipped loudly.
-fn slurm_available(test: &str) -> bool {
-    let ok = Command::new("sinfo")
-        .arg("-h")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return true;
-    }
-    let why = match Command::new("sinfo").arg("-h").output() {
-        Err(e) => format!("sinfo: {e}"),
-        Ok(o) => format!(
+/// Ok(()) when a real Slurm answers, else why not. Asked once per test binary: with the controller down, sinfo
+/// retries for about 9 s before it fails.
+fn slurm_probe() -> &'static Result<(), String> {
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| match Command::new("sinfo").arg("-h").output() {
+        Err(e) => Err(format!("sinfo: {e}")),
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
             "sinfo failed: {}",
             String::from_utf8_lossy(&o.stderr).trim()
-        ),
+        )),
+    })
+}
+
+/// Whether a real Slurm answers; when SATM_SLURM=1 it must, else the test is skipped loudly.
+fn slurm_available(test: &str) -> bool {
+    let why = match slurm_probe() {
+        Ok(()) => return true,
+        Err(why) => why,
     };
     if std::env::var("SATM_SLURM").as_deref() == Ok("1") {
         panic!(
             "SATM_SLURM=1 but Slurm does not work ({why}); start it with: bash tools/slurm_local.sh start"
         );
     }
-    eprintln!(
+    // Straight to the stderr handle: eprintln! output of a passing test is captured and never shown.
+    let msg = format!(
         "\n*** {test}: SKIPPED: real Slurm not available ({why}); run `bash tools/slurm_local.sh start` (root) first ***\n"
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
     false
 }
 
