@@ -72,6 +72,7 @@ pub struct SlurmArgs {
     /// A Slurm profile: a RON file, or a name under configs/ (slurm_NAME.ron or NAME.ron).
     #[arg(long, value_name = "NAME|PATH")]
     pub profile: Option<String>,
+    /// CPUs per point (also sets OMP_NUM_THREADS in the task, so libtorch uses its share).
     #[arg(long, value_name = "N")]
     pub cpus_per_task: Option<u32>,
     /// Generic resources, e.g. gpu:1.
@@ -80,8 +81,10 @@ pub struct SlurmArgs {
     /// Time limit per point (HH:MM:SS).
     #[arg(long, value_name = "HH:MM:SS")]
     pub time: Option<String>,
+    /// Slurm partition (queue) to submit to.
     #[arg(long)]
     pub partition: Option<String>,
+    /// Slurm account to charge.
     #[arg(long)]
     pub account: Option<String>,
 }
