@@ -90,35 +90,108 @@ pub fn scope_with_params() -> Scope<'static> {
     scope
 }
 
-/// The innermost position that points into the main source (errors inside imported modules or functions keep the
-/// call site in the user's file).
-fn error_position(err: &EvalAltResult) -> Position {
-    err.position()
+/// One place an error passed through: the outermost is the statement in the user's file, then each function call or
+/// module load down to where the error was raised.
+struct Frame {
+    source: String,
+    pos: Position,
+    note: String,
 }
 
-/// `file:line:col: error: message`, the source line and a caret under the column.
+/// The message of the innermost error, without rhai's " (line L, position P)" suffix and the "Runtime error: " prefix
+/// (the position is shown with a caret instead).
+fn leaf_message(err: &EvalAltResult) -> String {
+    let msg = match err {
+        EvalAltResult::ErrorRuntime(v, _) => v.to_string(),
+        EvalAltResult::ErrorTerminated(..) => "cancelled by Ctrl-C".to_string(),
+        _ => {
+            let mut m = err.to_string();
+            if let Some(i) = m.rfind(" (line ") {
+                if m.ends_with(')') {
+                    m.truncate(i);
+                }
+            }
+            m
+        }
+    };
+    // tch prefixes every libtorch error with this; it says nothing to a script author.
+    msg.replace("Internal torch error: ", "")
+}
+
+/// Walks nested function-call and module errors from the outside in, collecting one frame per level.
+fn unwind<'a>(err: &'a EvalAltResult, source: &str, frames: &mut Vec<Frame>) -> &'a EvalAltResult {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
+            let note = if name.starts_with("anon$") { "in a closure".to_string() } else { format!("in call to `{name}`") };
+            frames.push(Frame { source: source.to_string(), pos: *pos, note });
+            let next = if src.is_empty() { source } else { src.as_str() };
+            unwind(inner, next, frames)
+        }
+        EvalAltResult::ErrorInModule(path, inner, pos) => {
+            frames.push(Frame { source: source.to_string(), pos: *pos, note: format!("while loading module `{path}`") });
+            unwind(inner, path, frames)
+        }
+        leaf => {
+            frames.push(Frame { source: source.to_string(), pos: leaf.position(), note: String::new() });
+            leaf
+        }
+    }
+}
+
+/// The text of a script named in an error: the main source, else the file itself, else `<name>.rhai` in the current
+/// directory or in satm's home (how `import "stdlib/x"` names its module).
+pub fn read_named_source(name: &str) -> Option<String> {
+    let candidates = [
+        PathBuf::from(name),
+        PathBuf::from(format!("{name}.rhai")),
+        satm_home().join(name),
+        satm_home().join(format!("{name}.rhai")),
+    ];
+    candidates.iter().filter(|p| p.is_file()).find_map(|p| std::fs::read_to_string(p).ok())
+}
+
+/// How an error names a source: modules are imported without their extension (`stdlib/experiment`), shown with it.
+fn display_source(name: &str) -> String {
+    if name.starts_with('<') || Path::new(name).extension().is_some() { name.to_string() } else { format!("{name}.rhai") }
+}
+
+/// `file:line:col: error: message`, the source line and a caret under the column. Errors raised inside a function
+/// (defined in the script or in an imported module) point at the call in the user's file, then show each inner
+/// location with its own source line.
 pub fn format_error(err: &EvalAltResult, source: &str, file: &str) -> String {
-    let pos = error_position(err);
-    let mut msg = err.to_string();
-    // rhai appends " (line L, position P)"; we show the position ourselves.
-    if let Some(i) = msg.rfind(" (line ") {
-        if msg.ends_with(')') {
-            msg.truncate(i);
+    format_error_with(err, file, &|name: &str| if name == file { Some(source.to_string()) } else { read_named_source(name) })
+}
+
+/// [`format_error`] with a caller-supplied way to find the text of a named source (the REPL keeps earlier inputs).
+pub fn format_error_with(err: &EvalAltResult, file: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut frames = Vec::new();
+    let leaf = unwind(err, file, &mut frames);
+    let msg = leaf_message(leaf);
+    frames.retain(|f| !f.pos.is_none());
+    let Some(first) = frames.first() else {
+        return format!("{file}: error: {msg}");
+    };
+    let width = frames.iter().filter_map(|f| f.pos.line()).max().unwrap_or(1).to_string().len();
+    let pad = " ".repeat(width);
+    let loc = |f: &Frame| format!("{}:{}:{}", display_source(&f.source), f.pos.line().unwrap_or(0), f.pos.position().unwrap_or(1));
+    let mut out = format!("{}: error: {msg}", loc(first));
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            out.push_str(&format!("\n{pad}--> {}", loc(f)));
+        }
+        let line = f.pos.line().unwrap_or(1);
+        let col = f.pos.position().unwrap_or(1);
+        match lookup(&f.source).and_then(|text| text.lines().nth(line - 1).map(str::to_string)) {
+            Some(text) => {
+                let caret = " ".repeat(col.saturating_sub(1));
+                let note = if f.note.is_empty() { String::new() } else { format!(" {}", f.note) };
+                out.push_str(&format!("\n{pad} |\n{line:>width$} | {text}\n{pad} | {caret}^{note}"));
+            }
+            None if !f.note.is_empty() => out.push_str(&format!("\n{pad} = {}", f.note)),
+            None => {}
         }
     }
-    match (pos.line(), pos.position()) {
-        (Some(line), col) => {
-            let col = col.unwrap_or(1);
-            let text = source.lines().nth(line - 1).unwrap_or("");
-            let gutter = format!("{line}");
-            format!(
-                "{file}:{line}:{col}: error: {msg}\n{pad} |\n{gutter} | {text}\n{pad} | {caret}^",
-                pad = " ".repeat(gutter.len()),
-                caret = " ".repeat(col.saturating_sub(1))
-            )
-        }
-        _ => format!("{file}: error: {msg}"),
-    }
+    out
 }
 
 /// Runs a script's source with the session's parameters; on error returns the formatted message.
@@ -130,6 +203,6 @@ pub fn run_source(engine: &Engine, source: &str, file: &str, scope: &mut Scope) 
 
 /// Reads and runs a script file.
 pub fn run_file(engine: &Engine, path: &Path, scope: &mut Scope) -> Result<Dynamic, String> {
-    let source = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read script: {e}", path.display()))?;
+    let source = std::fs::read_to_string(path).map_err(|e| format!("{}: error: cannot read script: {e}", path.display()))?;
     run_source(engine, &source, &path.display().to_string(), scope)
 }

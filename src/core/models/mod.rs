@@ -1,4 +1,19 @@
 //! Models: torchvision-compatible architectures, the CPU-scale networks of the benchmark, DA heads, weights.
+//!
+//! Every tensor is registered under PyTorch's `state_dict()` name, so weights move between satm and PyTorch as
+//! safetensors files with no renaming (tools/convert_weights.py turns .pt/.pth files into safetensors).
+pub mod cpu;
+pub mod da;
+pub mod inception;
+pub mod layers;
+pub mod net;
+pub mod spec;
+pub mod tv;
+
+pub use da::DaHead;
+pub use net::{LoadReport, Net, load_named, read_weights, write_weights};
+pub use spec::ModelSpec;
+
 use anyhow::Result;
 use tch::{Device, Tensor};
 
