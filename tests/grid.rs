@@ -8,8 +8,21 @@ use std::time::{Duration, Instant};
 
 const SATM: &str = env!("CARGO_BIN_EXE_satm");
 
-/// A table with a Rate cell = 0.1·fold + arm offset, a before → after cell, and a scalar.
+/// A table with a Rate cell = 0.1·fold + arm offset, a before → after cell, and a scalar, built with the script
+/// table API.
 const TABLE_SCRIPT: &str = r#"
+let off = if arm == "satm" { 0.3 } else if arm == "ensemble" { 0.2 } else { 0.0 };
+let cr = 0.1 * fold + off;
+let t = table("Accuracy", ["net", "Cr", "bb"]);
+t.add_row(["A", rate(cr), change(cr, cr * 2.0)]);
+t.add_row(["B", rate(cr / 2.0), change(0.5, 0.5)]);
+t.note("eps = 16/256");
+record("acc", t);
+record("loss", 1.0 + fold * fold);
+"#;
+
+/// The same results, the table written as a map in the Table JSON form.
+const MAP_TABLE_SCRIPT: &str = r#"
 let off = if arm == "satm" { 0.3 } else if arm == "ensemble" { 0.2 } else { 0.0 };
 let cr = 0.1 * fold + off;
 record("acc", #{
@@ -335,7 +348,7 @@ fn grid_collect_equals_hand_computed_mean_std() {
     let csv = std::fs::read_to_string(d.path().join("g/collected/acc.csv")).unwrap();
     assert_eq!(
         csv.lines().next().unwrap(),
-        "arm,net,Cr,Cr std,Cr n,bb before,bb after,bb before std,bb after std"
+        "arm,net,Cr,Cr std,bb before,bb after,bb before std,bb after std"
     );
     assert!(
         std::fs::read_to_string(d.path().join("g/collected/acc.md"))
@@ -356,7 +369,7 @@ fn grid_collect_names_missing_and_failed_points_and_retry_failed_reruns_them() {
     let d = tmp();
     // fold=1 fails on its first attempt only (results.json remembers the attempt).
     let script = format!(
-        "if fold == 1 && !(\"tried\" in results()) {{ record(\"tried\", true); throw \"deliberate failure\"; }}\n{TABLE_SCRIPT}"
+        "if fold == 1 && !(\"tried\" in results()) {{ record(\"tried\", true); throw \"deliberate failure\"; }}\n{MAP_TABLE_SCRIPT}"
     );
     std::fs::write(d.path().join("t.rhai"), script).unwrap();
     let o = satm(
