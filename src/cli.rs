@@ -58,7 +58,7 @@ pub enum Cmd {
         json: bool,
     },
     /// Run a script over a grid of parameters (locally or as a Slurm job array); status; collect into tables.
-    Grid(crate::grid::GridArgs),
+    Grid(Box<crate::grid::GridArgs>),
 }
 
 /// Applies `--set`, `--out`, `--device`, ... to the script session. Errors name the offending option.
