@@ -486,3 +486,92 @@ fn masking_report_flags_detached_gradients_and_passes_a_normal_model() {
     );
     assert_eq!(grad_row[4], Cell::text("FLAG"));
 }
+
+fn run_script(src: &str) -> Result<rhai::Dynamic, String> {
+    let engine = satm::script::new_engine();
+    let mut scope = rhai::Scope::new();
+    satm::script::run_source(&engine, src, "<test>", &mut scope)
+}
+
+#[test]
+fn script_api_evaluates_and_fills_tables() {
+    let _g = serial();
+    let src = r#"
+        threads(1);
+        let d = synthetic(#{n: 40, classes: 4, size: 32, seed: 2});
+        let a = model("vgg_s", #{classes: 4, width: 0.25});
+        let b = model("vgg_s", #{classes: 4, width: 0.25});
+        let clean = evaluate(a, d, #{batch: 16});
+        let wb = evaluate(a, d, #{attack: "r_fgsm", eps: 8.0/256, seed: 3});
+        let bb = evaluate(a, d, #{attack: "fgsm", eps: 8.0/256, sources: b});
+        let tm = transfer_matrix(#{sources: [a, b], targets: [a, b], data: d, attack: "r_fgsm", eps: 8.0/256, seed: 3});
+        let sw = eps_sweep(a, d, #{attack: "fgsm", eps: [0.0, 16.0/256], limit: 24});
+        let t2 = table_white_box([wb, [wb, wb]], [bb, [bb, clean]], #{names: ["A", "B"]});
+        let t5 = table_holdout(#{SATM: [bb], Undefended: [wb]});
+        let t1 = table_eps([a], d, #{attack: "fgsm", eps: [4.0/256], limit: 16});
+        let rb = robust_eval(a, d, #{eps: 4.0/256, steps: 2, queries: 4, limit: 16});
+        let mr = masking_report(a, d, #{eps: 4.0/256, steps: 2, queries: 4, limit: 16, eps_factors: [1.0]});
+        #{clean: clean, wb: wb, bb: bb, tm: tm.cell(0, 1), sw: sw, t2: t2.to_markdown(), t5: t5.columns,
+          t1: t1.columns, rb: rb.rows(), mr: mr.cell(mr.rows() - 1, "Check").value}
+    "#;
+    let out = run_script(src).unwrap().cast::<rhai::Map>();
+    let get = |k: &str| out.get(k).unwrap().clone();
+    let clean = get("clean").cast::<rhai::Map>();
+    assert_eq!(clean["n"].as_int().unwrap(), 40);
+    assert_eq!(clean["setting"].to_string(), "clean");
+    assert_eq!(clean["confusion"].clone().into_array().unwrap().len(), 4);
+    let wb = get("wb").cast::<rhai::Map>();
+    assert_eq!(wb["setting"].to_string(), "white-box");
+    assert!(wb["attack"].to_string().contains("R+FGSM"));
+    // The matrix diagonal equals evaluate()'s white-box result with the same seed.
+    let tm = get("tm").cast::<rhai::Map>();
+    assert_eq!(
+        tm["value"].as_float().unwrap(),
+        wb["accuracy"].as_float().unwrap()
+    );
+    assert_eq!(
+        get("bb").cast::<rhai::Map>()["setting"].to_string(),
+        "black-box from vgg_s@w0.25"
+    );
+    let sw = get("sw").cast::<rhai::Map>();
+    assert_eq!(sw["accuracy"].clone().into_array().unwrap().len(), 2);
+    let md = get("t2").into_string().unwrap();
+    assert!(
+        md.contains("| A | ") && md.contains(" → ") && md.contains(" ± "),
+        "{md}"
+    );
+    let t5: Vec<String> = get("t5")
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(
+        t5,
+        [
+            "Target",
+            "Adv model",
+            "Undefended Cr",
+            "Undefended one-off",
+            "SATM Cr",
+            "SATM one-off"
+        ]
+    );
+    assert_eq!(get("t1").into_array().unwrap().len(), 3);
+    assert_eq!(get("rb").as_int().unwrap(), 4);
+    assert_eq!(get("mr").to_string(), "overall");
+
+    // Options are checked: unknown keys, options for an attack without one, sources without an attack.
+    let pre = "let d = synthetic(#{n: 8, classes: 4, size: 32}); let a = model(\"vgg_s\", #{classes: 4, width: 0.25});";
+    let e = run_script(&format!(
+        "{pre} evaluate(a, d, #{{attack: \"fgsm\", steps: 3}})"
+    ))
+    .unwrap_err();
+    assert!(e.contains("evaluate") && e.contains("steps"), "{e}");
+    let e = run_script(&format!("{pre} evaluate(a, d, #{{eps: 0.1}})")).unwrap_err();
+    assert!(e.contains("need an attack"), "{e}");
+    let e = run_script(&format!("{pre} evaluate(a, d, #{{sources: a}})")).unwrap_err();
+    assert!(e.contains("no attack"), "{e}");
+    let e = run_script(&format!("{pre} evaluate(a, d, #{{attack: \"nope\"}})")).unwrap_err();
+    assert!(e.contains("unknown attack"), "{e}");
+}

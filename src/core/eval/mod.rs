@@ -72,6 +72,8 @@ pub struct EvalResult {
     pub sources: Vec<String>,
     /// The attack's full description (`None` for clean evaluation).
     pub attack: Option<String>,
+    /// Whether the attack was crafted on the evaluated model itself (white-box).
+    pub white_box: bool,
     pub seed: u64,
 }
 
@@ -88,7 +90,7 @@ impl EvalResult {
     pub fn setting(&self) -> String {
         match &self.attack {
             None => "clean".into(),
-            Some(_) if self.sources == [self.model.clone()] => "white-box".into(),
+            Some(_) if self.white_box => "white-box".into(),
             Some(_) => format!("black-box from {}", self.sources.join("+")),
         }
     }
@@ -222,6 +224,13 @@ fn evaluate_many(
                 model: t.label(),
                 sources: srcs.iter().map(|s| s.label()).collect(),
                 attack: attack.map(|a| a.describe()),
+                // The same object as the only source (labels may repeat, identities do not).
+                white_box: attack.is_some()
+                    && srcs.len() == 1
+                    && std::ptr::addr_eq(
+                        srcs[0] as *const dyn Classifier,
+                        *t as *const dyn Classifier,
+                    ),
                 seed: opts.seed,
             }
         })

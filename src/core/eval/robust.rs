@@ -137,6 +137,7 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
             } else {
                 vec![]
             },
+            white_box: attack.is_some(),
             attack,
             seed: o.seed,
         }
