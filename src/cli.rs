@@ -170,11 +170,10 @@ fn run_script(file: Option<&PathBuf>, code: Option<&str>, args: &SessionArgs) ->
     let mut scope = script::scope_with_params();
     let res = match (file, code) {
         (Some(f), _) => script::run_file(&engine, f, &mut scope),
-        (None, Some(c)) => script::run_source(&engine, c, "<-e>", &mut scope).map(|v| {
+        (None, Some(c)) => script::run_source(&engine, c, "<-e>", &mut scope).inspect(|v| {
             if !v.is_unit() {
-                println!("{}", crate::repl::display_value(&engine, &v));
+                println!("{}", crate::repl::display_value(&engine, v));
             }
-            v
         }),
         (None, None) => unreachable!("run_script needs a file or code"),
     };

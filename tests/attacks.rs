@@ -13,7 +13,10 @@ use tch::{Device, Kind, Tensor};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The tensors here are tiny: one thread avoids libtorch's thread-pool overhead on a shared machine.
+    tch::set_num_threads(1);
+    guard
 }
 
 /// conv(3→8, 3×3) → ReLU → conv(8→16, 3×3, stride 2) → ReLU → avgpool 2 → linear; for 16×16 inputs.
@@ -508,4 +511,128 @@ fn check_grid_png(png: &std::path::Path, x: &Tensor, adv: &Tensor) {
         .filter(|&(xx, yy)| img.get_pixel(xx, yy).0.iter().all(|&v| v < 100))
         .count();
     assert!(dark > 30, "no text under the first pair");
+}
+
+#[test]
+fn attacks_on_vggbn_s_keep_bounds_and_batchnorm_statistics() {
+    use satm::core::models::{ModelSpec, Net};
+    let _s = serial();
+    tch::manual_seed(11);
+    // A quarter of the channels keeps this fast; the layers (conv, BN, pooling, classifier) are vggbn_s's.
+    let mut ms = ModelSpec::new("vggbn_s", 8);
+    ms.width = 0.25;
+    let net = Net::new(&ms, Device::Cpu).unwrap();
+    let x = (Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu)) * 1.2 - 0.1).clamp(0.0, 1.0);
+    // The net's own predictions, so that APGD and Square have examples to attack.
+    let y = net.forward_t(&x, false).unwrap().argmax(1, false);
+    let state = |n: &Net| -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = n.state_dict().into_iter().map(|(k, t)| (k, t.detach().copy())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let before = state(&net);
+    let eps = 8.0 / 256.0;
+    // One attack per family (every kind runs on the tiny net above).
+    for kind in [AttackKind::RStepLl, AttackKind::Pgd, AttackKind::ApgdCe, AttackKind::Square] {
+        let adv = craft(&quick(kind, eps), &[&net], &x, &y).unwrap();
+        assert!(linf(&adv, &x) <= eps + 1e-6, "{kind} on vggbn_s");
+        assert!(adv.min().double_value(&[]) >= 0.0 && adv.max().double_value(&[]) <= 1.0, "{kind}");
+    }
+    // Eval-mode crafting: weights, running statistics and batch counters are exactly as before.
+    for ((k, a), (_, b)) in before.iter().zip(state(&net)) {
+        assert!(a.equal(&b), "{k} changed while crafting in eval mode");
+    }
+    // train_mode uses batch statistics (and, like any training-mode forward, updates the running ones).
+    let mut spec = AttackSpec::new(AttackKind::Fgsm);
+    spec.train_mode = true;
+    let _ = craft(&spec, &[&net], &x, &y).unwrap();
+    let changed = before.iter().zip(state(&net)).any(|((k, a), (_, b))| k.contains("running_mean") && !a.equal(&b));
+    assert!(changed, "train_mode should run batch norm in training mode");
+}
+
+fn eval_script<T: Clone + 'static>(src: &str) -> std::result::Result<T, String> {
+    let engine = satm::script::new_engine();
+    engine.eval::<T>(src).map_err(|e| e.to_string())
+}
+
+#[test]
+fn script_attacks_respect_their_budget() {
+    let _s = serial();
+    let src = r#"
+        seed(3);
+        precision("fp32");
+        let a = model("vgg_s", #{classes: 8, width: 0.25});
+        let b = model("vgg_s", #{classes: 8, width: 0.25});
+        let x = rand([2, 3, 32, 32]);
+        let y = a.predict(x);
+        let worst = 0.0;
+        let eps = 8.0 / 256;
+        for name in attacks() {
+            let o = #{eps: eps, seed: 1};
+            if name == "apgd_ce" || name == "apgd_dlr" { o.steps = 5; }
+            if name == "square" { o.queries = 20; }
+            let adv = attack(name, [a, b], x, y, o);
+            let d = max_abs_diff(adv, x);
+            if d > worst { worst = d; }
+        }
+        let r = r_step_ll(a, x, y, #{eps: 16.0 / 256, alpha: 8.0 / 256, target: "least_likely"});
+        let f = fgsm(a, x, y);
+        let p = pgd(a, x, y, #{eps: eps, steps: 3, step: 2.0 / 256});
+        let q = apgd(a, x, y, #{loss: "dlr", steps: 4, targets: 2});
+        let s = square(a, x, y, #{queries: 10});
+        [worst, max_abs_diff(r, x), max_abs_diff(f, x), max_abs_diff(p, x), max_abs_diff(q, x), max_abs_diff(s, x)]
+    "#;
+    let v: rhai::Array = eval_script(src).unwrap();
+    let v: Vec<f64> = v.into_iter().map(|d| d.as_float().unwrap()).collect();
+    assert!(v[0] <= 8.0 / 256.0 + 1e-6 && v[0] > 4.0 / 256.0, "attack(): worst ‖δ‖∞ {}", v[0]);
+    assert!((v[1] - 16.0 / 256.0).abs() < 1e-6, "r_step_ll: {}", v[1]);
+    assert!((v[2] - 16.0 / 256.0).abs() < 1e-6, "fgsm default eps: {}", v[2]);
+    assert!(v[3] <= 8.0 / 256.0 + 1e-6, "pgd: {}", v[3]);
+    assert!(v[4] <= 16.0 / 256.0 + 1e-6 && v[5] <= 16.0 / 256.0 + 1e-6);
+}
+
+#[test]
+fn script_attack_options_are_validated() {
+    let _s = serial();
+    let run = |call: &str| -> String {
+        let src = format!(
+            r#"seed(1); let m = model("vgg_s", #{{classes: 8, width: 0.25}}); let x = rand([2, 3, 32, 32]);
+               let y = m.predict(x); {call}"#
+        );
+        eval_script::<satm::script::types::TensorV>(&src).err().unwrap_or_default()
+    };
+    assert!(run(r#"attack("pgd", m, x, y, #{epsilon: 0.1})"#).contains("unknown option(s) epsilon"));
+    // An option that does not apply to the attack is rejected, not silently ignored.
+    assert!(run(r#"fgsm(m, x, y, #{steps: 3})"#).contains("unknown option(s) steps"));
+    assert!(run(r#"attack("fgsm", m, x, y, #{eps: -0.1})"#).contains("eps must be >= 0"));
+    assert!(run(r#"r_step_ll(m, x, y, #{eps: 0.05, alpha: 0.1})"#).contains("alpha"));
+    assert!(run(r#"pgd(m, x, y, #{steps: 0})"#).contains("steps must be at least 1"));
+    assert!(run(r#"r_step_ll(m, x, y, #{target: "most_likely"})"#).contains("expected one of"));
+    assert!(run(r#"attack("cw", m, x, y)"#).contains("unknown attack 'cw'"));
+    assert!(run(r#"fgsm(m, x, tensor([0, 1, 2]))"#).contains("y has shape"));
+    assert!(run(r#"fgsm(m, x * 3.0, y)"#).contains("[0, 1]"));
+    assert!(run(r#"fgsm([], x, y)"#).contains("empty"));
+    assert!(run(r#"fgsm([m, 3], x, y)"#).contains("models[1] must be a Model"));
+    assert!(run(r#"apgd(m, x, y, #{loss: "l2"})"#).contains("expected one of: ce, dlr"));
+    let d: String = eval_script(r#"describe_attack("r_step_ll", #{})"#).unwrap();
+    assert!(d.contains("paper Alg. 1") && d.contains("ε=16/256 α=8/256"), "{d}");
+}
+
+#[test]
+fn script_saves_the_adversarial_grid() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("fig1.png");
+    let src = format!(
+        r#"seed(2); let m = model("vgg_s", #{{classes: 8, width: 0.25}}); let x = rand([3, 3, 32, 32]);
+           let y = m.predict(x); let adv = r_step_ll(m, x, y);
+           save_adversarial_grid("{p}", x, adv, y, m.predict(adv),
+               ["0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60-"])"#,
+        p = png.display()
+    );
+    let out: String = eval_script(&src).unwrap();
+    assert_eq!(out, png.display().to_string());
+    let img = image::open(&png).unwrap().to_rgb8();
+    // 3 pairs of 32 px images scaled 4× side by side, plus the text rows.
+    assert!(img.width() >= 3 * (2 * 128 + 6) && img.height() >= 30 + 128 + 36, "{:?}", img.dimensions());
 }

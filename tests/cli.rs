@@ -29,7 +29,16 @@ fn info_reports_versions_devices_and_settings() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.starts_with(&format!("satm      {}\n", env!("CARGO_PKG_VERSION"))), "{text}");
-    for key in ["libtorch  2.", "rhai      1.", "cpu       ", "features  ", "cuda      ", "threads   ", "device    cpu (default)", "precision auto"] {
+    for key in [
+        "libtorch  2.",
+        "rhai      1.",
+        "cpu       ",
+        "features  ",
+        "cuda      ",
+        "threads   ",
+        "device    cpu (default)",
+        "precision auto",
+    ] {
         assert!(text.contains(key), "missing {key:?} in:\n{text}");
     }
 
@@ -99,7 +108,11 @@ fn eval_prints_the_value() {
 #[test]
 fn script_error_shows_position_line_caret_and_fails() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.rhai"), "let a = 1;\nlet b = 2;\nlet c = a + b + nope;\nprint(\"unreachable\");\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.rhai"),
+        "let a = 1;\nlet b = 2;\nlet c = a + b + nope;\nprint(\"unreachable\");\n",
+    )
+    .unwrap();
     let o = satm(dir.path(), &["run", "bad.rhai"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stdout(&o), "", "nothing after the error runs");
@@ -113,7 +126,10 @@ fn script_error_shows_position_line_caret_and_fails() {
     let o = satm(dir.path(), &["run", "syntax.rhai"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.starts_with("syntax.rhai:1:") && err.contains("error: Syntax error") && err.contains("1 | let x = (1 + ;"), "{err}");
+    assert!(
+        err.starts_with("syntax.rhai:1:") && err.contains("error: Syntax error") && err.contains("1 | let x = (1 + ;"),
+        "{err}"
+    );
 
     // -e errors follow the same rules.
     let o = satm(dir.path(), &["-e", "let t = ones([2]);\nt.reshape([3])"]);

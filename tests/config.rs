@@ -57,7 +57,10 @@ fn unknown_field_names_file_position_field_and_valid_fields() {
     let text = GOOD.replace("steps: 1", "stepz: 1");
     let err = satm::config::parse::<TrainConfig>(&text, "configs/nested.ron").unwrap_err().to_string();
     assert!(err.starts_with("config configs/nested.ron:5:"), "{err}");
-    assert!(err.contains("stepz") && err.contains("`eps`") && err.contains("`steps`") && !err.contains("`lr`"), "{err}");
+    assert!(
+        err.contains("stepz") && err.contains("`eps`") && err.contains("`steps`") && !err.contains("`lr`"),
+        "{err}"
+    );
 }
 
 #[test]

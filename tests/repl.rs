@@ -130,7 +130,10 @@ impl Repl {
                 if self.text[self.seen..].contains(needle) {
                     continue;
                 }
-                panic!("REPL output never showed {needle:?}; after the last match it printed:\n{}", &self.text[self.seen..]);
+                panic!(
+                    "REPL output never showed {needle:?}; after the last match it printed:\n{}",
+                    &self.text[self.seen..]
+                );
             }
         }
     }
@@ -237,7 +240,16 @@ fn help_scope_commands_and_completion() {
     std::fs::write(r._dir.path().join("lib.rhai"), "fn add_n(x) { x + 35 }\nlet loaded = 7;\n").unwrap();
     r.line(":load lib.rhai", "loaded lib.rhai");
     r.line("add_n(loaded)", "42");
+    // Tab completes stdlib module paths; the module imported on one line is still there on the next.
+    std::fs::create_dir(r._dir.path().join("stdlib")).unwrap();
+    std::fs::write(r._dir.path().join("stdlib/zz_demo.rhai"), "/// Doubles.\nfn twice(x) { 2 * x }\n").unwrap();
+    r.keys("import \"stdlib/zz_d\t");
+    r.expect("import \"stdlib/zz_demo");
+    r.send("\" as demo;\r");
+    r.line("demo::twice(21)", "42");
+    r.line(":scope", "modules: demo = \"stdlib/zz_demo\"");
     r.line(":reset", "session reset");
+    r.line("demo::twice(1)", "error");
     r.line("loaded", "Variable not found: loaded");
     r.keys(":quit\r");
     assert_eq!(r.exit_code(), 0);

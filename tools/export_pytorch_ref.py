@@ -1,13 +1,17 @@
 """Exports a PyTorch reference for satm's model cross-checks (tests/models.rs).
 
-Builds ARCH in PyTorch with random weights (BN running statistics randomised too, so eval-mode BN is exercised),
-runs it in eval mode on a random input, and writes to OUT:
+Builds ARCH in PyTorch with random weights (random biases and BN affines; BN running statistics from one
+training-mode batch, so eval-mode BN is exercised and activations stay O(1)), runs it in eval mode on a random
+input, and writes to OUT:
   weights.safetensors  the model's state_dict (ref_satm.py's `da` head excluded), as satm loads it
   da.safetensors       the DA head's weights (ref_satm archs only), names `da.0.weight` ...
   io.safetensors       x [B,3,S,S] in [0,1], logits [B,C], features [B,F], da [B,1] (ref_satm archs only),
                        aux [B,C] (inception_v3 --aux: AuxLogits on Mixed_6e's output, eval mode)
+  train_state.safetensors  (ref_satm archs with BN) running statistics and counters after one training-mode
+                       forward on x; io's train_logits is that forward's output
   meta.json            arch, classes, size, param_count (sum of p.numel()), feature_dim
 Usage: python export_pytorch_ref.py --arch resnet18 --classes 5 --size 64 --batch 2 --out DIR [--bench DIR] [--aux]
+       python export_pytorch_ref.py --many vgg_s:8:32:2,inception_v3:6:299:1:aux --out DIR   (into DIR/<arch>/)
 CPU-scale archs (vgg_s, vggbn_s, resnet_s) come from ref_satm.py in --bench (../shared/bench by default).
 """
 import argparse, json, os, sys
@@ -44,12 +48,15 @@ def features(net, arch, x):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--arch", required=True)
+    p.add_argument("--arch")
     p.add_argument("--classes", type=int, default=5)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--aux", action="store_true", help="inception_v3 with AuxLogits")
+    p.add_argument("--many", default=None,
+                   help="several exports in one process (saves torch's import time): ARCH:CLASSES:SIZE:BATCH[:aux],... "
+                        "each into OUT/ARCH")
     p.add_argument("--out", required=True)
     p.add_argument("--bench", default=None, help="directory of ref_satm.py (default: the first ../shared/bench above tools/)")
     a = p.parse_args()
@@ -58,6 +65,23 @@ def main():
         while d != os.path.dirname(d) and not os.path.isfile(os.path.join(d, "shared", "bench", "ref_satm.py")):
             d = os.path.dirname(d)
         a.bench = os.path.join(d, "shared", "bench")
+    torch.set_num_threads(1)
+    if a.many is None:
+        if a.arch is None:
+            p.error("--arch or --many is required")
+        export(a)
+        return
+    for job in a.many.split(","):
+        f = job.split(":")
+        if len(f) not in (4, 5) or (len(f) == 5 and f[4] != "aux"):
+            p.error(f"--many entry '{job}': expected ARCH:CLASSES:SIZE:BATCH[:aux]")
+        one = argparse.Namespace(**vars(a))
+        one.arch, one.classes, one.size, one.batch, one.aux = f[0], int(f[1]), int(f[2]), int(f[3]), len(f) == 5
+        one.out = os.path.join(a.out, f[0])
+        export(one)
+
+
+def export(a):
     torch.manual_seed(a.seed)
     torch.set_num_threads(1)
     net = build(a.arch, a.classes, a.bench, a.aux)
@@ -91,7 +115,8 @@ def main():
         f = features(net, a.arch, x)
         if a.aux:
             hook.remove()
-        logits = net.fc(f) if a.arch in ("inception_v3",) or a.arch.startswith("resnet") and a.arch != "resnet_s" else net(x)
+        # torchvision ResNet / Inception: features() ran everything before fc (dropout is the identity in eval mode).
+        logits = net.fc(f) if hasattr(net, "fc") else net(x)
         io = {"x": x, "logits": logits, "features": f}
         if a.arch in CPU_ARCHS:
             io["da"] = net.da(f)
@@ -104,6 +129,15 @@ def main():
     if a.arch in CPU_ARCHS:
         da = {"da." + k: v.contiguous() for k, v in net.da.state_dict().items()}
         save_file(da, os.path.join(a.out, "da.safetensors"))
+    if a.arch in CPU_ARCHS:
+        # One training-mode forward: batch statistics in the output, running statistics and counters updated
+        # (momentum 0.1, unbiased variance). Saved after weights.safetensors, whose tensors share this storage.
+        net.train()
+        with torch.no_grad():
+            io["train_logits"] = net(x)
+        after = {k: v.contiguous() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
+        if after:
+            save_file(after, os.path.join(a.out, "train_state.safetensors"))
     save_file({k: v.contiguous() for k, v in io.items()}, os.path.join(a.out, "io.safetensors"))
     params = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("da."))
     with open(os.path.join(a.out, "meta.json"), "w") as fh:

@@ -49,7 +49,9 @@ pub fn run(session: &mut Session, line: &str) -> Flow {
             println!("session reset: empty scope, no session functions or modules, settings as at start");
         }
         Some(":quit") => return Flow::Quit,
-        _ => eprintln!("unknown command {cmd}; commands: {}", COMMANDS.iter().map(|c| c.0).collect::<Vec<_>>().join(" ")),
+        _ => {
+            eprintln!("unknown command {cmd}; commands: {}", COMMANDS.iter().map(|c| c.0).collect::<Vec<_>>().join(" "))
+        }
     }
     Flow::Continue
 }
@@ -90,7 +92,9 @@ fn wrap_words(words: &[String], indent: usize, width: usize) -> String {
 
 /// `:help`: the commands, the keys, and every function name grouped by the type it works on.
 pub fn overview() -> String {
-    let mut out = String::from("Type Rhai statements; an unfinished one (open brace, bracket, call) continues on the next line.\n\nCommands:\n");
+    let mut out = String::from(
+        "Type Rhai statements; an unfinished one (open brace, bracket, call) continues on the next line.\n\nCommands:\n",
+    );
     for (c, aliases, args, what) in COMMANDS {
         let head = format!("{c} {args}");
         let alias = if aliases.is_empty() { String::new() } else { format!(" ({})", aliases.join(" ")) };
@@ -155,14 +159,19 @@ fn indent(text: &str, n: usize) -> String {
 /// `:help name`: every overload's signature and doc; for an unknown name, the closest names.
 pub fn help_for(session: &Session, name: &str) -> String {
     let name = name.trim();
-    if let Some(c) = canonical(name).or_else(|| canonical(&format!(":{name}"))) {
-        if let Some((c, aliases, args, what)) = COMMANDS.iter().find(|x| x.0 == c) {
-            return format!("{c} {args}\n    {what}{}", if aliases.is_empty() { String::new() } else { format!(" (also {})", aliases.join(" ")) });
-        }
+    if let Some(c) = canonical(name).or_else(|| canonical(&format!(":{name}")))
+        && let Some((c, aliases, args, what)) = COMMANDS.iter().find(|x| x.0 == c)
+    {
+        return format!(
+            "{c} {args}\n    {what}{}",
+            if aliases.is_empty() { String::new() } else { format!(" (also {})", aliases.join(" ")) }
+        );
     }
-    let mut parts: Vec<String> = docs::lookup(name).iter().map(|d| format!("{}\n{}", d.signature, indent(&d.doc, 4))).collect();
+    let mut parts: Vec<String> =
+        docs::lookup(name).iter().map(|d| format!("{}\n{}", d.signature, indent(&d.doc, 4))).collect();
     for f in session.script_functions().iter().filter(|f| f.name == name) {
-        let doc = if f.doc.is_empty() { "(defined in this session; no /// doc comment)".to_string() } else { f.doc.clone() };
+        let doc =
+            if f.doc.is_empty() { "(defined in this session; no /// doc comment)".to_string() } else { f.doc.clone() };
         parts.push(format!("{}    [defined in this session]\n{}", f.signature, indent(&doc, 4)));
     }
     let known = session.known();
@@ -172,7 +181,9 @@ pub fn help_for(session: &Session, name: &str) -> String {
         return parts.join("\n\n");
     }
     if KEYWORDS.contains(&name) {
-        return format!("`{name}` is part of the Rhai language; see https://rhai.rs/book/ (satm adds functions, not syntax)");
+        return format!(
+            "`{name}` is part of the Rhai language; see https://rhai.rs/book/ (satm adds functions, not syntax)"
+        );
     }
     let mut all = docs::names();
     all.extend(session.script_functions().into_iter().map(|f| f.name));
@@ -237,7 +248,10 @@ pub fn scope_listing(session: &Session) -> String {
     }
     let mods = session.module_list();
     if !mods.is_empty() {
-        out.push(format!("modules: {}", mods.iter().map(|(a, p)| format!("{a} = \"{p}\"")).collect::<Vec<_>>().join(", ")));
+        out.push(format!(
+            "modules: {}",
+            mods.iter().map(|(a, p)| format!("{a} = \"{p}\"")).collect::<Vec<_>>().join(", ")
+        ));
     }
     out.join("\n")
 }
@@ -248,7 +262,8 @@ mod tests {
 
     #[test]
     fn suggestions_rank_close_names_first() {
-        let names: Vec<String> = ["zeros", "ones", "seed", "threads", "to_array"].iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> =
+            ["zeros", "ones", "seed", "threads", "to_array"].iter().map(|s| s.to_string()).collect();
         assert_eq!(suggestions("zeroes", &names)[0], "zeros");
         assert_eq!(suggestions("thread", &names), vec!["threads".to_string()]);
         assert!(suggestions("qqqqqqq", &names).is_empty());
@@ -262,6 +277,17 @@ mod tests {
         assert!(h.contains("A float tensor of zeros"), "{h}");
         assert!(help_for(&s, "zerso").contains("did you mean: zeros"), "{}", help_for(&s, "zerso"));
         assert!(help_for(&s, "load").starts_with(":load FILE"));
+    }
+
+    #[test]
+    fn help_shows_session_functions_with_their_doc_comments() {
+        let mut s = Session::new();
+        let _ = s.eval("/// Adds one.\n/// Works on ints and floats.\nfn inc(x) { x + 1 }", "<repl:1>").unwrap();
+        let h = help_for(&s, "inc");
+        assert_eq!(h, "inc(x)    [defined in this session]\n    Adds one.\n    Works on ints and floats.");
+        let list = function_list(&s, "inc");
+        let line = list.lines().find(|l| l.trim_start().starts_with("inc(x) ")).expect("inc listed");
+        assert!(line.trim_end().ends_with("[session] Adds one."), "{list}");
     }
 
     #[test]

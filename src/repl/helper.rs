@@ -15,9 +15,40 @@ use std::rc::Rc;
 
 /// Rhai's keywords and built-in statements, offered by completion next to satm's functions.
 pub const KEYWORDS: &[&str] = &[
-    "let", "const", "fn", "if", "else", "switch", "while", "loop", "for", "in", "do", "until", "break", "continue",
-    "return", "throw", "try", "catch", "import", "export", "as", "private", "true", "false", "this", "global", "print",
-    "debug", "type_of", "is_def_var", "is_def_fn", "Fn", "call", "curry",
+    "let",
+    "const",
+    "fn",
+    "if",
+    "else",
+    "switch",
+    "while",
+    "loop",
+    "for",
+    "in",
+    "do",
+    "until",
+    "break",
+    "continue",
+    "return",
+    "throw",
+    "try",
+    "catch",
+    "import",
+    "export",
+    "as",
+    "private",
+    "true",
+    "false",
+    "this",
+    "global",
+    "print",
+    "debug",
+    "type_of",
+    "is_def_var",
+    "is_def_fn",
+    "Fn",
+    "call",
+    "curry",
 ];
 
 /// A function defined by the user in this session (from the accumulated AST).
@@ -89,7 +120,13 @@ impl SatmHelper {
     pub fn new(known: Rc<RefCell<Known>>, commands: Vec<&'static str>) -> Self {
         let mut parser = Engine::new_raw();
         parser.set_max_expr_depths(128, 64);
-        SatmHelper { known, parser, files: FilenameCompleter::new(), brackets: MatchingBracketHighlighter::new(), commands }
+        SatmHelper {
+            known,
+            parser,
+            files: FilenameCompleter::new(),
+            brackets: MatchingBracketHighlighter::new(),
+            commands,
+        }
     }
 
     fn function_names(&self) -> Vec<String> {
@@ -201,7 +238,11 @@ impl Completer for SatmHelper {
 
 /// At most `n` characters of `s`, with an ellipsis when cut.
 pub fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n.saturating_sub(1)).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n.saturating_sub(1)).collect::<String>())
+    }
 }
 
 impl Hinter for SatmHelper {
@@ -277,7 +318,11 @@ impl Validator for SatmHelper {
         if input.trim_start().starts_with(':') || input.ends_with("\n\n") {
             return Ok(ValidationResult::Valid(None));
         }
-        Ok(if super::is_incomplete(&self.parser, input) { ValidationResult::Incomplete } else { ValidationResult::Valid(None) })
+        Ok(if super::is_incomplete(&self.parser, input) {
+            ValidationResult::Incomplete
+        } else {
+            ValidationResult::Valid(None)
+        })
     }
 }
 

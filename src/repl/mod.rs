@@ -186,7 +186,8 @@ impl Session {
     /// Runs `code` in the session. `source` names it in errors (`<repl:3>`, or a file for `:load`). On error the
     /// scope keeps every variable set before the failing statement.
     pub fn eval(&mut self, code: &str, source: &str) -> Result<Dynamic, String> {
-        let with_code = |this: &Self, name: &str| if name == source { Some(code.to_string()) } else { this.lookup_source(name) };
+        let with_code =
+            |this: &Self, name: &str| if name == source { Some(code.to_string()) } else { this.lookup_source(name) };
         let mut ast = match self.engine.compile_with_scope(&self.scope, code) {
             Ok(a) => a,
             Err(e) => return Err(script::format_error_with(&e.into(), source, &|n| with_code(self, n))),
@@ -222,7 +223,10 @@ impl Session {
             EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
                 let src = match self.fn_sources.get(&name) {
                     Some(defined_in)
-                        if src.is_empty() || src == current || src.starts_with("<repl:") || self.sources.contains_key(&src) =>
+                        if src.is_empty()
+                            || src == current
+                            || src.starts_with("<repl:")
+                            || self.sources.contains_key(&src) =>
                     {
                         defined_in.clone()
                     }
@@ -299,7 +303,9 @@ impl Session {
         k.modules = self
             .modules
             .iter()
-            .map(|(alias, path, m)| (alias.clone(), path.clone(), m.gen_fn_signatures_with_mapper(|s| s.into()).collect()))
+            .map(|(alias, path, m)| {
+                (alias.clone(), path.clone(), m.gen_fn_signatures_with_mapper(|s| s.into()).collect())
+            })
             .collect();
     }
 
@@ -376,16 +382,16 @@ impl HistoryFile {
     fn open(rl: &mut Editor<SatmHelper, FileHistory>) -> Self {
         let Some(path) = history_path() else { return HistoryFile { path: None } };
         let mut h = HistoryFile { path: Some(path.clone()) };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                h.disable(&format!("cannot create {}: {e}", dir.display()));
-                return h;
-            }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            h.disable(&format!("cannot create {}: {e}", dir.display()));
+            return h;
         }
-        if path.exists() {
-            if let Err(e) = rl.load_history(&path) {
-                h.disable(&format!("cannot read {}: {e}", path.display()));
-            }
+        if path.exists()
+            && let Err(e) = rl.load_history(&path)
+        {
+            h.disable(&format!("cannot read {}: {e}", path.display()));
         }
         h
     }
@@ -396,10 +402,10 @@ impl HistoryFile {
     }
 
     fn append(&mut self, rl: &mut Editor<SatmHelper, FileHistory>) {
-        if let Some(p) = self.path.clone() {
-            if let Err(e) = rl.append_history(&p) {
-                self.disable(&format!("cannot write {}: {e}", p.display()));
-            }
+        if let Some(p) = self.path.clone()
+            && let Err(e) = rl.append_history(&p)
+        {
+            self.disable(&format!("cannot write {}: {e}", p.display()));
         }
     }
 }

@@ -120,10 +120,9 @@ pub fn top_level_imports(src: &str) -> Vec<(String, String)> {
             Tok::Ident(kw) if kw == "import" && depth == 0 => {
                 if let (Some(Tok::Str(path)), Some(Tok::Ident(as_kw)), Some(Tok::Ident(alias))) =
                     (toks.get(k + 1).map(|x| &x.1), toks.get(k + 2).map(|x| &x.1), toks.get(k + 3).map(|x| &x.1))
+                    && as_kw == "as"
                 {
-                    if as_kw == "as" {
-                        found.push((path.clone(), alias.clone()));
-                    }
+                    found.push((path.clone(), alias.clone()));
                 }
             }
             _ => {}
@@ -152,10 +151,11 @@ pub fn enclosing_call(before: &str) -> Option<String> {
     let Tok::Ident(name) = &toks.get(open.checked_sub(1)?)?.1 else {
         return None;
     };
-    if open >= 3 && toks[open - 2].1 == Tok::PathSep {
-        if let Tok::Ident(alias) = &toks[open - 3].1 {
-            return Some(format!("{alias}::{name}"));
-        }
+    if open >= 3
+        && toks[open - 2].1 == Tok::PathSep
+        && let Tok::Ident(alias) = &toks[open - 3].1
+    {
+        return Some(format!("{alias}::{name}"));
     }
     Some(name.clone())
 }
@@ -173,7 +173,8 @@ pub enum Before {
 
 /// The identifier being typed at the end of `before`: its start offset, its text, and what precedes it.
 pub fn word_before(before: &str) -> (usize, &str, Before) {
-    let start = before.char_indices().rev().take_while(|&(_, c)| is_ident_char(c)).last().map_or(before.len(), |(i, _)| i);
+    let start =
+        before.char_indices().rev().take_while(|&(_, c)| is_ident_char(c)).last().map_or(before.len(), |(i, _)| i);
     let word = &before[start..];
     let head = &before[..start];
     let ctx = if let Some(h) = head.strip_suffix("::") {

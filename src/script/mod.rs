@@ -106,10 +106,10 @@ fn leaf_message(err: &EvalAltResult) -> String {
         EvalAltResult::ErrorTerminated(..) => "cancelled by Ctrl-C".to_string(),
         _ => {
             let mut m = err.to_string();
-            if let Some(i) = m.rfind(" (line ") {
-                if m.ends_with(')') {
-                    m.truncate(i);
-                }
+            if let Some(i) = m.rfind(" (line ")
+                && m.ends_with(')')
+            {
+                m.truncate(i);
             }
             m
         }

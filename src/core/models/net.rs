@@ -588,4 +588,24 @@ mod tests {
         assert!(under("features.10.weight", "features."));
         assert!(under("fc.weight", "fc.weight"));
     }
+
+    #[test]
+    fn nets_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<Net>();
+    }
+
+    #[test]
+    fn load_report_lists_keys_and_truncates() {
+        let r = LoadReport {
+            missing: (0..25).map(|i| format!("m{i:02}")).collect(),
+            mismatched: vec![("fc.weight".into(), vec![3, 8], vec![5, 8])],
+            ..Default::default()
+        };
+        let p = r.problems();
+        assert!(p.starts_with("missing 25: m00, m01"), "{p}");
+        assert!(p.contains("m19, … and 5 more") && !p.contains("m20"), "{p}");
+        assert!(p.contains("shape mismatch 1: fc.weight (model [3, 8], file [5, 8])"), "{p}");
+        assert!(!r.is_complete() && LoadReport::default().is_complete());
+    }
 }
