@@ -60,7 +60,7 @@ pub enum Cmd {
     /// The SATM step against the plain-PyTorch reference, side by side (img/s, ratio, peak RSS, GFLOP/s).
     Bench(crate::bench::BenchArgs),
     /// Run a script over a grid of parameters (locally or as a Slurm job array); status; collect into tables.
-    Grid(crate::grid::GridArgs),
+    Grid(Box<crate::grid::GridArgs>),
 }
 
 /// Applies `--set`, `--out`, `--device`, ... to the script session. Errors name the offending option.

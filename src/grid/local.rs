@@ -19,21 +19,37 @@ pub struct Summary {
 }
 
 /// Runs the points `todo` (indices into the grid), `jobs` at a time. `skipped` is how many were already done.
-pub fn run(grid: &GridFile, grid_dir: &Path, todo: &[usize], jobs: usize, grace: Duration, quiet: bool) -> Result<Summary> {
+pub fn run(
+    grid: &GridFile,
+    grid_dir: &Path,
+    todo: &[usize],
+    jobs: usize,
+    grace: Duration,
+    quiet: bool,
+) -> Result<Summary> {
     let mut summary = Summary::default();
     let total = todo.len();
-    let mp = MultiProgress::with_draw_target(if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
+    let mp = MultiProgress::with_draw_target(if quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
     let overall = mp.add(ProgressBar::new(total as u64));
     overall.set_style(
-        ProgressStyle::with_template("grid {pos}/{len} points [{elapsed_precise}] {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("grid {pos}/{len} points [{elapsed_precise}] {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let spinner_style = ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let spinner_style = ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let say = |line: String| {
         if !quiet {
             mp.suspend(|| eprintln!("{line}"));
         }
     };
-    let mut queue = todo.iter().copied().collect::<std::collections::VecDeque<_>>();
+    let mut queue = todo
+        .iter()
+        .copied()
+        .collect::<std::collections::VecDeque<_>>();
     let mut active: Vec<(ChildRun, ProgressBar)> = Vec::new();
     let mut finished = 0usize;
     loop {
@@ -44,7 +60,7 @@ pub fn run(grid: &GridFile, grid_dir: &Path, todo: &[usize], jobs: usize, grace:
                 grace.as_secs()
             ));
             // Stop all children at once (in parallel), so the grace periods overlap.
-            let handles: Vec<_> = active.drain(..).collect();
+            let handles = std::mem::take(&mut active);
             let results: Vec<_> = std::thread::scope(|s| {
                 let hs: Vec<_> = handles
                     .into_iter()
@@ -63,11 +79,15 @@ pub fn run(grid: &GridFile, grid_dir: &Path, todo: &[usize], jobs: usize, grace:
                 match st.and_then(|st| run.finish(st, true)) {
                     Ok(Outcome::Done { wall_s }) => {
                         summary.done += 1;
-                        say(format!("  done        {name} ({wall_s:.1} s, finished before it stopped)"));
+                        say(format!(
+                            "  done        {name} ({wall_s:.1} s, finished before it stopped)"
+                        ));
                     }
                     Ok(_) => {
                         summary.interrupted += 1;
-                        say(format!("  interrupted {name} (stays missing; rerun the grid to resume it)"));
+                        say(format!(
+                            "  interrupted {name} (stays missing; rerun the grid to resume it)"
+                        ));
                     }
                     Err(e) => say(format!("  error       {name}: {e:#}")),
                 }
@@ -88,7 +108,10 @@ pub fn run(grid: &GridFile, grid_dir: &Path, todo: &[usize], jobs: usize, grace:
                     summary.failed += 1;
                     finished += 1;
                     overall.inc(1);
-                    say(format!("  failed      {}: could not start: {e:#}", grid.points[i].name));
+                    say(format!(
+                        "  failed      {}: could not start: {e:#}",
+                        grid.points[i].name
+                    ));
                 }
             }
         }
@@ -112,14 +135,21 @@ pub fn run(grid: &GridFile, grid_dir: &Path, todo: &[usize], jobs: usize, grace:
                             summary.done += 1;
                             say(format!("{tag} done   {name} ({wall_s:.1} s)"));
                         }
-                        Ok(Outcome::Failed { exit_code, signal, wall_s }) => {
+                        Ok(Outcome::Failed {
+                            exit_code,
+                            signal,
+                            wall_s,
+                        }) => {
                             summary.failed += 1;
                             let how = match (exit_code, signal) {
                                 (Some(c), _) => format!("exit code {c}"),
                                 (None, Some(s)) => format!("signal {s}"),
                                 _ => "unknown exit".into(),
                             };
-                            say(format!("{tag} FAILED {name} ({how}, {wall_s:.1} s; see {}/log.txt)", grid_dir.join(&grid.points[idx].dir).display()));
+                            say(format!(
+                                "{tag} FAILED {name} ({how}, {wall_s:.1} s; see {}/log.txt)",
+                                grid_dir.join(&grid.points[idx].dir).display()
+                            ));
                         }
                         Ok(Outcome::Interrupted { .. }) => summary.interrupted += 1,
                         Err(e) => {

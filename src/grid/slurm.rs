@@ -56,7 +56,11 @@ impl Default for SlurmProfile {
 }
 
 fn check_token(field: &str, v: &str, extra_ok: &str) -> Result<()> {
-    if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || extra_ok.contains(c)) {
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra_ok.contains(c))
+    {
         bail!("slurm {field} '{v}': only letters, digits and '{extra_ok}' are allowed");
     }
     Ok(())
@@ -73,7 +77,9 @@ impl SlurmProfile {
         }
         if let Some(t) = &self.time {
             check_token("time", t, ":-")?;
-            if !t.chars().next().is_some_and(|c| c.is_ascii_digit()) || t.chars().any(|c| c.is_ascii_alphabetic()) {
+            if !t.chars().next().is_some_and(|c| c.is_ascii_digit())
+                || t.chars().any(|c| c.is_ascii_alphabetic())
+            {
                 bail!("slurm time '{t}': expected HH:MM:SS, D-HH:MM:SS or minutes");
             }
         }
@@ -91,7 +97,9 @@ impl SlurmProfile {
         }
         for e in &self.extra {
             if !e.starts_with("--") || e.contains(['\n', '\r', ' ', '\t']) {
-                bail!("slurm extra '{e}': each entry is one sbatch option like \"--qos=normal\" (no spaces)");
+                bail!(
+                    "slurm extra '{e}': each entry is one sbatch option like \"--qos=normal\" (no spaces)"
+                );
             }
         }
         for l in &self.setup {
@@ -112,7 +120,11 @@ pub fn array_spec(indices: &[usize], max_parallel: Option<u32>) -> String {
         while j + 1 < indices.len() && indices[j + 1] == indices[j] + 1 {
             j += 1;
         }
-        parts.push(if j == i { indices[i].to_string() } else { format!("{}-{}", indices[i], indices[j]) });
+        parts.push(if j == i {
+            indices[i].to_string()
+        } else {
+            format!("{}-{}", indices[i], indices[j])
+        });
         i = j + 1;
     }
     let mut s = parts.join(",");
@@ -128,12 +140,23 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// The sbatch script: `#SBATCH` lines, then `exec satm grid run-point GRIDDIR $SLURM_ARRAY_TASK_ID`.
-pub fn job_script(p: &SlurmProfile, job_name: &str, array: &str, grid_dir: &Path, cwd: &Path, exe: &Path) -> Result<String> {
+pub fn job_script(
+    p: &SlurmProfile,
+    job_name: &str,
+    array: &str,
+    grid_dir: &Path,
+    cwd: &Path,
+    exe: &Path,
+) -> Result<String> {
     p.validate()?;
     for (what, path) in [("grid directory", grid_dir), ("working directory", cwd)] {
-        let s = path.to_str().with_context(|| format!("{what} {} is not UTF-8", path.display()))?;
+        let s = path
+            .to_str()
+            .with_context(|| format!("{what} {} is not UTF-8", path.display()))?;
         if s.contains(char::is_whitespace) || s.contains(['%', '\'', '"']) {
-            bail!("the slurm executor needs a {what} without spaces, quotes or '%' (#SBATCH lines cannot quote), got '{s}'");
+            bail!(
+                "the slurm executor needs a {what} without spaces, quotes or '%' (#SBATCH lines cannot quote), got '{s}'"
+            );
         }
     }
     let gd = grid_dir.display();
@@ -143,6 +166,8 @@ pub fn job_script(p: &SlurmProfile, job_name: &str, array: &str, grid_dir: &Path
     s.push_str(&format!("#SBATCH --job-name={job_name}\n"));
     s.push_str(&format!("#SBATCH --array={array}\n"));
     s.push_str(&format!("#SBATCH --output={gd}/slurm/%A_%a.out\n"));
+    // A requeued task appends to its log instead of truncating the attempt that was preempted.
+    s.push_str("#SBATCH --open-mode=append\n");
     s.push_str(&format!("#SBATCH --chdir={}\n", cwd.display()));
     if p.requeue {
         s.push_str("#SBATCH --requeue\n");
@@ -202,13 +227,21 @@ pub fn submit(script: &Path) -> Result<String> {
         .output()
         .context("running sbatch (is Slurm installed and on PATH?)")?;
     if !out.status.success() {
-        bail!("sbatch {} failed ({}): {}", script.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "sbatch {} failed ({}): {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     // --parsable prints "jobid" or "jobid;cluster".
     let id = text.trim().split(';').next().unwrap_or("").to_string();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-        bail!("sbatch --parsable printed '{}', expected a job id", text.trim());
+        bail!(
+            "sbatch --parsable printed '{}', expected a job id",
+            text.trim()
+        );
     }
     Ok(id)
 }
@@ -219,16 +252,25 @@ pub fn queue_states(job_ids: &[String]) -> Option<BTreeMap<usize, (String, Strin
     if job_ids.is_empty() || !have("squeue") {
         return None;
     }
-    let out = Command::new("squeue").args(["-h", "-r", "-o", "%K|%T|%r", "-j", &job_ids.join(",")]).output().ok()?;
+    let out = Command::new("squeue")
+        .args(["-h", "-r", "-o", "%K|%T|%r", "-j", &job_ids.join(",")])
+        .output()
+        .ok()?;
     let mut m = BTreeMap::new();
     if !out.status.success() {
         // Finished jobs drop out of squeue after MinJobAge; asking for them is an error, not an unknown queue.
         let err = String::from_utf8_lossy(&out.stderr);
-        return if err.contains("Invalid job id") { Some(m) } else { None };
+        return if err.contains("Invalid job id") {
+            Some(m)
+        } else {
+            None
+        };
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let mut f = line.split('|');
-        let (Some(task), Some(state)) = (f.next(), f.next()) else { continue };
+        let (Some(task), Some(state)) = (f.next(), f.next()) else {
+            continue;
+        };
         let reason = f.next().unwrap_or("").trim().to_string();
         if let Ok(t) = task.trim().parse::<usize>() {
             m.insert(t, (state.trim().to_string(), reason));
@@ -239,7 +281,10 @@ pub fn queue_states(job_ids: &[String]) -> Option<BTreeMap<usize, (String, Strin
 
 /// Whether any task of these jobs is still in the queue (pending, running, completing, requeued).
 pub fn any_queued(job_ids: &[String]) -> Result<bool> {
-    let out = Command::new("squeue").args(["-h", "-o", "%i", "-j", &job_ids.join(",")]).output().context("running squeue")?;
+    let out = Command::new("squeue")
+        .args(["-h", "-o", "%i", "-j", &job_ids.join(",")])
+        .output()
+        .context("running squeue")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("Invalid job id") {
@@ -261,10 +306,17 @@ pub fn wait_for(job_ids: &[String]) -> Result<()> {
 
 /// Asks Slurm to requeue this task (after a SIGTERM) so it resumes from its checkpoint in a new allocation.
 pub fn requeue_self() -> Result<String> {
-    let id = std::env::var("SLURM_JOB_ID").context("SLURM_JOB_ID is not set (not inside a Slurm job)")?;
-    let out = Command::new("scontrol").args(["requeue", &id]).output().context("running scontrol requeue")?;
+    let id = std::env::var("SLURM_JOB_ID")
+        .context("SLURM_JOB_ID is not set (not inside a Slurm job)")?;
+    let out = Command::new("scontrol")
+        .args(["requeue", &id])
+        .output()
+        .context("running scontrol requeue")?;
     if !out.status.success() {
-        bail!("scontrol requeue {id} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "scontrol requeue {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(id)
 }
@@ -282,8 +334,21 @@ mod tests {
 
     #[test]
     fn script_has_the_array_and_resources() {
-        let p = SlurmProfile { cpus_per_task: Some(4), gres: Some("gpu:1".into()), time: Some("02:00:00".into()), ..Default::default() };
-        let s = job_script(&p, "satm-x", "0-9", Path::new("/g/d"), Path::new("/w"), Path::new("/bin/satm")).unwrap();
+        let p = SlurmProfile {
+            cpus_per_task: Some(4),
+            gres: Some("gpu:1".into()),
+            time: Some("02:00:00".into()),
+            ..Default::default()
+        };
+        let s = job_script(
+            &p,
+            "satm-x",
+            "0-9",
+            Path::new("/g/d"),
+            Path::new("/w"),
+            Path::new("/bin/satm"),
+        )
+        .unwrap();
         for line in [
             "#SBATCH --array=0-9",
             "#SBATCH --output=/g/d/slurm/%A_%a.out",
@@ -301,11 +366,27 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected() {
-        let p = SlurmProfile { partition: Some("a b".into()), ..Default::default() };
+        let p = SlurmProfile {
+            partition: Some("a b".into()),
+            ..Default::default()
+        };
         assert!(p.validate().is_err());
-        let p = SlurmProfile { time: Some("1h".into()), ..Default::default() };
+        let p = SlurmProfile {
+            time: Some("1h".into()),
+            ..Default::default()
+        };
         assert!(p.validate().is_err());
         let p = SlurmProfile::default();
-        assert!(job_script(&p, "x", "0", Path::new("/a b"), Path::new("/w"), Path::new("/s")).is_err());
+        assert!(
+            job_script(
+                &p,
+                "x",
+                "0",
+                Path::new("/a b"),
+                Path::new("/w"),
+                Path::new("/s")
+            )
+            .is_err()
+        );
     }
 }
