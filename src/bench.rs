@@ -124,7 +124,8 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
     let mut nets: Vec<Net> = (0..a.k).map(|_| Net::new(&spec, Device::Cpu)).collect::<Result<_>>()?;
     let images = Tensor::randint(256, [a.batch, 3, a.size, a.size], (Kind::Uint8, Device::Cpu));
     let labels: Vec<i64> = Vec::<i64>::try_from(&Tensor::randint(classes, [a.batch], (Kind::Int64, Device::Cpu)))?;
-    let data = Dataset::new("bench", images, labels, (0..classes).map(|c| c.to_string()).collect(), vec![], vec![], vec![])?;
+    let data =
+        Dataset::new("bench", images, labels, (0..classes).map(|c| c.to_string()).collect(), vec![], vec![], vec![])?;
     let cfg = |steps: usize| TrainConfig {
         steps,
         batch_size: a.batch as usize,
@@ -185,7 +186,11 @@ fn run_json(cmd: &mut Command, what: &str) -> Result<serde_json::Value> {
         bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow::anyhow!("{what} printed no JSON"))?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("{what} printed no JSON"))?;
     serde_json::from_str(line).with_context(|| format!("{what} printed bad JSON"))
 }
 
@@ -194,7 +199,14 @@ fn satm_run(a: &BenchArgs, precision: &str, channels_last: bool) -> Result<serde
     let mut c = Command::new(exe);
     c.args(["bench", "--worker", "--arch", &a.arch, "--size", &a.size.to_string(), "--batch", &a.batch.to_string()])
         .args(["--k", &a.k.to_string(), "--threads", &a.threads.to_string(), "--steps", &a.steps.to_string()])
-        .args(["--precision", precision, "--channels-last", &channels_last.to_string(), "--width", &a.width.to_string()]);
+        .args([
+            "--precision",
+            precision,
+            "--channels-last",
+            &channels_last.to_string(),
+            "--width",
+            &a.width.to_string(),
+        ]);
     run_json(&mut c, "satm bench worker")
 }
 
@@ -205,7 +217,16 @@ fn ref_run(a: &BenchArgs, bf16: bool) -> Result<serde_json::Value> {
     }
     let mut c = Command::new(venv_python());
     c.arg(&script)
-        .args(["--arch", &a.arch, "--size", &a.size.to_string(), "--batch", &a.batch.to_string(), "--k", &a.k.to_string()])
+        .args([
+            "--arch",
+            &a.arch,
+            "--size",
+            &a.size.to_string(),
+            "--batch",
+            &a.batch.to_string(),
+            "--k",
+            &a.k.to_string(),
+        ])
         .args(["--threads", &a.threads.to_string(), "--steps", &a.steps.to_string(), "--json"]);
     if bf16 {
         c.args(["--bf16", "--channels_last"]);
@@ -237,7 +258,10 @@ fn run(a: &BenchArgs) -> Result<()> {
     }
     forward_macs(&a.arch, a.size, a.width, 8)?;
     // Rows: (name, satm precision, satm channels_last, reference bf16+channels_last)
-    let modes = [("fp32", "fp32", false, false), ("satm default vs PyTorch bf16+CL", a.precision.as_str(), a.channels_last, true)];
+    let modes = [
+        ("fp32", "fp32", false, false),
+        ("satm default vs PyTorch bf16+CL", a.precision.as_str(), a.channels_last, true),
+    ];
     let mut results = vec![];
     for (name, prec, cl, ref_bf16) in modes {
         let (mut s, mut r) = (vec![], vec![]);
@@ -256,8 +280,20 @@ fn run(a: &BenchArgs) -> Result<()> {
     // PyTorch's best eager mode is the faster of its fp32 and bf16+channels_last runs.
     let ref_best = results.iter().filter_map(|(_, _, r)| f(r, "img_per_s")).fold(f64::NAN, f64::max);
     let mut t = Table::new(
-        format!("SATM step, {} {}x{}, batch {}, K={}, {} threads, {} steps (best of {})", a.arch, a.size, a.size, a.batch, a.k, a.threads, a.steps, a.rounds),
-        &["mode", "satm img/s", "PyTorch img/s", "ratio", "satm RSS MB", "PyTorch RSS MB", "satm GFLOP/s", "matmul peak GFLOP/s"],
+        format!(
+            "SATM step, {} {}x{}, batch {}, K={}, {} threads, {} steps (best of {})",
+            a.arch, a.size, a.size, a.batch, a.k, a.threads, a.steps, a.rounds
+        ),
+        &[
+            "mode",
+            "satm img/s",
+            "PyTorch img/s",
+            "ratio",
+            "satm RSS MB",
+            "PyTorch RSS MB",
+            "satm GFLOP/s",
+            "matmul peak GFLOP/s",
+        ],
     );
     let num = |v: Option<f64>, d: usize| v.map(|x| Cell::num(x, d)).unwrap_or(Cell::Empty);
     for (name, s, r) in &results {

@@ -125,17 +125,16 @@ fn print_info() {
     println!("libtorch  {}", v["libtorch"].as_str().unwrap_or("?"));
     println!("rhai      {}", v["rhai"].as_str().unwrap_or("?"));
     println!("cpu       {} ({} cores)", cpu.model, cpu.cores);
-    let feats: Vec<&str> = [
-        ("avx2", cpu.avx2),
-        ("avx512f", cpu.avx512f),
-        ("avx512_bf16", cpu.avx512_bf16),
-        ("amx_bf16", cpu.amx_bf16),
-    ]
-    .iter()
-    .filter(|(_, on)| *on)
-    .map(|(n, _)| *n)
-    .collect();
-    println!("features  {}", if feats.is_empty() { "(none of avx2/avx512f/avx512_bf16/amx_bf16)".into() } else { feats.join(" ") });
+    let feats: Vec<&str> =
+        [("avx2", cpu.avx2), ("avx512f", cpu.avx512f), ("avx512_bf16", cpu.avx512_bf16), ("amx_bf16", cpu.amx_bf16)]
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| *n)
+            .collect();
+    println!(
+        "features  {}",
+        if feats.is_empty() { "(none of avx2/avx512f/avx512_bf16/amx_bf16)".into() } else { feats.join(" ") }
+    );
     let cuda = device::cuda_devices();
     if cuda.is_empty() {
         println!("cuda      not available");
@@ -162,7 +161,8 @@ fn print_info() {
 }
 
 fn run_script(file: Option<&PathBuf>, code: Option<&str>, args: &SessionArgs) -> i32 {
-    let name = file.and_then(|f| f.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "eval".into());
+    let name =
+        file.and_then(|f| f.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "eval".into());
     if let Err(e) = apply_session(args, &name) {
         eprintln!("satm: {e}");
         return 2;

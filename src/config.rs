@@ -12,9 +12,9 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// Parses RON text; `origin` names it in errors.
 pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
-    ron::Options::default().from_str::<T>(text).map_err(|e| {
-        anyhow::anyhow!("config {origin}:{}:{}: {}", e.span.start.line, e.span.start.col, e.code)
-    })
+    ron::Options::default()
+        .from_str::<T>(text)
+        .map_err(|e| anyhow::anyhow!("config {origin}:{}:{}: {}", e.span.start.line, e.span.start.col, e.code))
 }
 
 /// Finds a config by name or path: an existing path as given, else `<satm home>/configs/<name>.ron`.
@@ -36,5 +36,9 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
         })
         .unwrap_or_default();
     names.sort();
-    anyhow::bail!("config '{name_or_path}' not found (not a file, and no {}; presets: {})", candidate.display(), names.join(", "))
+    anyhow::bail!(
+        "config '{name_or_path}' not found (not a file, and no {}; presets: {})",
+        candidate.display(),
+        names.join(", ")
+    )
 }

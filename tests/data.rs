@@ -22,27 +22,15 @@ fn shared_cache() -> &'static Path {
 }
 
 fn dec(size: i64, cache_dir: &Path) -> DecodeOpts {
-    DecodeOpts {
-        size,
-        cache: true,
-        cache_dir: Some(cache_dir.to_path_buf()),
-        ..Default::default()
-    }
+    DecodeOpts { size, cache: true, cache_dir: Some(cache_dir.to_path_buf()), ..Default::default() }
 }
 
 fn utk(size: i64) -> UtkOpts {
-    UtkOpts {
-        decode: dec(size, shared_cache()),
-        ..Default::default()
-    }
+    UtkOpts { decode: dec(size, shared_cache()), ..Default::default() }
 }
 
 fn adience_opts() -> AdienceOpts {
-    AdienceOpts {
-        decode: dec(32, shared_cache()),
-        skip_missing: true,
-        ..Default::default()
-    }
+    AdienceOpts { decode: dec(32, shared_cache()), skip_missing: true, ..Default::default() }
 }
 
 fn err_text<T>(r: anyhow::Result<T>) -> String {
@@ -76,92 +64,47 @@ fn adience_sample_default_protocol_counts() {
     .collect();
     let got: BTreeMap<&str, usize> = r.dropped.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     assert_eq!(got, want);
-    assert_eq!(
-        r.info,
-        vec![(
-            "duplicate lines kept (drop_duplicates: true drops them)".to_string(),
-            1
-        )]
-    );
+    assert_eq!(r.info, vec![("duplicate lines kept (drop_duplicates: true drops them)".to_string(), 1)]);
     assert_eq!(ds.len(), 11);
     assert_eq!(r.kept, 11);
     // All 11 are user 30601258@N03, fold 0, face 2, age (25, 32) = class 4.
     assert!(ds.labels.iter().all(|&l| l == 4));
     assert!(ds.folds.iter().all(|&f| f == 0));
     assert!(ds.groups.iter().all(|g| g == "30601258@N03"));
-    assert_eq!(
-        ds.classes,
-        vec![
-            "0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60-"
-        ]
-    );
+    assert_eq!(ds.classes, vec!["0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60-"]);
     // Path rule: faces/<user_id>/coarse_tilt_aligned_face.<face_id>.<original_image>, first kept row = fold 0 line 3.
-    let want_first =
-        sample().join("faces/30601258@N03/coarse_tilt_aligned_face.2.9548295372_f42bf75bdd_o.jpg");
+    let want_first = sample().join("faces/30601258@N03/coarse_tilt_aligned_face.2.9548295372_f42bf75bdd_o.jpg");
     assert_eq!(ds.paths[0], want_first.display().to_string());
     // The real images decode to varied pixels.
     assert_eq!(ds.images.size(), vec![11, 3, 32, 32]);
     let std = ds.images.to_kind(Kind::Float).std(true).double_value(&[]);
     assert!(std > 20.0, "pixel std {std}");
     // Without skip_missing: an error with the count and a path.
-    let o = AdienceOpts {
-        skip_missing: false,
-        ..adience_opts()
-    };
+    let o = AdienceOpts { skip_missing: false, ..adience_opts() };
     let e = err_text(adience(&sample(), &o));
     assert!(e.contains("51 of 62 image files are missing"), "{e}");
-    assert!(
-        e.contains("coarse_tilt_aligned_face.4.10424595844_1009c687e4_o.jpg"),
-        "{e}"
-    );
+    assert!(e.contains("coarse_tilt_aligned_face.4.10424595844_1009c687e4_o.jpg"), "{e}");
 }
 
 #[test]
 fn adience_sample_gender_nearest_and_duplicates() {
     // Gender: u in 5 rows, empty in 10; the other 82 are m/f, of which the 19 with images are kept (11 m, 8 f).
-    let g = adience(
-        &sample(),
-        &AdienceOpts {
-            task: Task::Gender,
-            ..adience_opts()
-        },
-    )
-    .unwrap();
+    let g = adience(&sample(), &AdienceOpts { task: Task::Gender, ..adience_opts() }).unwrap();
     assert_eq!(g.report.dropped_for("gender u (unknown)"), 5);
     assert_eq!(g.report.dropped_for("gender empty"), 10);
     assert_eq!(g.report.dropped_for("image file missing"), 82 - 19);
     assert_eq!(g.class_counts(), vec![11, 8]);
     assert_eq!(g.classes, vec!["male", "female"]);
     // Nearest: only the 6 None rows are dropped for their age; the 8 (25, 23) images join the 11 (25, 32) ones.
-    let n = adience(
-        &sample(),
-        &AdienceOpts {
-            age_mapping: AgeMapping::Nearest,
-            ..adience_opts()
-        },
-    )
-    .unwrap();
+    let n = adience(&sample(), &AdienceOpts { age_mapping: AgeMapping::Nearest, ..adience_opts() }).unwrap();
     assert_eq!(n.report.dropped_for("age None"), 6);
     assert_eq!(n.report.dropped_total(), 6 + (91 - 19));
     assert_eq!(n.len(), 19);
     assert!(n.labels.iter().all(|&l| l == 4));
-    let mapped: usize = n
-        .report
-        .info
-        .iter()
-        .filter(|(k, _)| k.starts_with("mapped"))
-        .map(|(_, v)| v)
-        .sum();
+    let mapped: usize = n.report.info.iter().filter(|(k, _)| k.starts_with("mapped")).map(|(_, v)| v).sum();
     assert_eq!(mapped, 17 + 12);
     // drop_duplicates: the second copy of fold 4 lines 22/23 goes; 61 standard rows remain (50 missing files).
-    let d = adience(
-        &sample(),
-        &AdienceOpts {
-            drop_duplicates: true,
-            ..adience_opts()
-        },
-    )
-    .unwrap();
+    let d = adience(&sample(), &AdienceOpts { drop_duplicates: true, ..adience_opts() }).unwrap();
     assert_eq!(d.report.dropped_for("duplicate line"), 1);
     assert_eq!(d.report.dropped_for("image file missing"), 50);
     assert!(d.report.info.is_empty());
@@ -179,11 +122,7 @@ fn edited_sample(edit: impl Fn(usize, &mut Vec<String>)) -> tempfile::TempDir {
         let text = std::fs::read_to_string(sample().join(format!("fold_{i}_data.txt"))).unwrap();
         let mut lines: Vec<String> = text.lines().map(String::from).collect();
         edit(i, &mut lines);
-        std::fs::write(
-            dir.path().join(format!("fold_{i}_data.txt")),
-            lines.join("\n") + "\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join(format!("fold_{i}_data.txt")), lines.join("\n") + "\n").unwrap();
     }
     dir
 }
@@ -198,11 +137,7 @@ fn adience_malformed_lines_name_file_and_line() {
         }
     });
     let e = err_text(adience(d.path(), &adience_opts()));
-    assert!(
-        e.contains("fold_2_data.txt line 5")
-            && e.contains("expected 12 tab-separated columns, found 11"),
-        "{e}"
-    );
+    assert!(e.contains("fold_2_data.txt line 5") && e.contains("expected 12 tab-separated columns, found 11"), "{e}");
     // Line 3 of fold 1 gets an unparsable age.
     let d = edited_sample(|i, l| {
         if i == 1 {
@@ -210,10 +145,7 @@ fn adience_malformed_lines_name_file_and_line() {
         }
     });
     let e = err_text(adience(d.path(), &adience_opts()));
-    assert!(
-        e.contains("fold_1_data.txt line 3") && e.contains("age '(48'"),
-        "{e}"
-    );
+    assert!(e.contains("fold_1_data.txt line 3") && e.contains("age '(48'"), "{e}");
     // A bad header.
     let d = edited_sample(|i, l| {
         if i == 0 {
@@ -233,12 +165,7 @@ fn adience_user_in_two_folds_is_an_error() {
         }
     });
     let e = err_text(adience(d.path(), &adience_opts()));
-    assert!(
-        e.contains("user '30601258@N03' is in fold 0")
-            && e.contains("in fold 3")
-            && e.contains("line 20"),
-        "{e}"
-    );
+    assert!(e.contains("user '30601258@N03' is in fold 0") && e.contains("in fold 3") && e.contains("line 20"), "{e}");
 }
 
 // ---------------------------------------------------------------- UTKFace
@@ -257,34 +184,21 @@ fn utkface_labels_csv_matches_file_names() {
     assert_eq!(rows.iter().map(|r| r.age).max(), Some(110));
     // A bad row names the file and line.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("labels.csv"),
-        "file,age,gender,race\na.jpg,3,0,1\nb.jpg,x,1,0\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("labels.csv"), "file,age,gender,race\na.jpg,3,0,1\nb.jpg,x,1,0\n").unwrap();
     let e = err_text(utkface(dir.path(), &utk(32)));
-    assert!(
-        e.contains("labels.csv line 3") && e.contains("age 'x'"),
-        "{e}"
-    );
+    assert!(e.contains("labels.csv line 3") && e.contains("age 'x'"), "{e}");
 }
 
 #[test]
 fn utkface_mappings_folds_and_cache() {
     let root = data().join("utkface");
     let cache = tempfile::tempdir().unwrap();
-    let o = UtkOpts {
-        decode: dec(32, cache.path()),
-        ..Default::default()
-    };
+    let o = UtkOpts { decode: dec(32, cache.path()), ..Default::default() };
     let t0 = Instant::now();
     let ds = utkface(&root, &o).unwrap();
     let cold = t0.elapsed();
     // README: drop mapping per group, 2305 gap ages dropped.
-    assert_eq!(
-        ds.class_counts(),
-        vec![1587, 554, 779, 800, 1203, 504, 596, 1450]
-    );
+    assert_eq!(ds.class_counts(), vec![1587, 554, 779, 800, 1203, 504, 596, 1450]);
     assert_eq!(ds.report.dropped_total(), 2305);
     assert_eq!(ds.images.size(), vec![9778 - 2305, 3, 32, 32]);
     assert!(ds.groups.iter().all(|g| g.is_empty()));
@@ -294,46 +208,22 @@ fn utkface_mappings_folds_and_cache() {
     println!("utkface 32x32 (7473 images): decode {cold:?}, cached load {warm:?}");
     assert!(ds.images.equal(&again.images));
     assert_eq!(ds.paths, again.paths);
-    assert!(
-        warm < cold,
-        "cache hit {warm:?} not faster than decoding {cold:?}"
-    );
+    assert!(warm < cold, "cache hit {warm:?} not faster than decoding {cold:?}");
     let files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
     assert_eq!(files.len(), 1);
     // cache: false writes nothing and gives the same pixels.
     let nc = tempfile::tempdir().unwrap();
-    let o2 = UtkOpts {
-        decode: DecodeOpts {
-            cache: false,
-            ..dec(32, nc.path())
-        },
-        limit: Some(300),
-        ..Default::default()
-    };
+    let o2 =
+        UtkOpts { decode: DecodeOpts { cache: false, ..dec(32, nc.path()) }, limit: Some(300), ..Default::default() };
     let small = utkface(&root, &o2).unwrap();
     assert_eq!(std::fs::read_dir(nc.path()).unwrap().count(), 0);
-    let pos: BTreeMap<&str, usize> = ds
-        .paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.as_str(), i))
-        .collect();
+    let pos: BTreeMap<&str, usize> = ds.paths.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
     let idx: Vec<i64> = small.paths.iter().map(|p| pos[p.as_str()] as i64).collect();
     assert!(ds.subset(&idx).unwrap().images.equal(&small.images));
 
     // Nearest mapping: README table, nothing dropped.
-    let near = utkface(
-        &root,
-        &UtkOpts {
-            mapping: UtkMapping::Nearest,
-            ..utk(32)
-        },
-    )
-    .unwrap();
-    assert_eq!(
-        near.class_counts(),
-        vec![1587, 838, 905, 1212, 1619, 935, 1017, 1665]
-    );
+    let near = utkface(&root, &UtkOpts { mapping: UtkMapping::Nearest, ..utk(32) }).unwrap();
+    assert_eq!(near.class_counts(), vec![1587, 838, 905, 1212, 1619, 935, 1017, 1665]);
     assert_eq!(near.len(), 9778);
 
     // Folds: stratified (per class, fold sizes differ by at most one) and seeded.
@@ -344,19 +234,11 @@ fn utkface_mappings_folds_and_cache() {
                 per[ds.folds[i] as usize] += 1;
             }
         }
-        assert!(
-            per.iter().max().unwrap() - per.iter().min().unwrap() <= 1,
-            "class {c}: {per:?}"
-        );
+        assert!(per.iter().max().unwrap() - per.iter().min().unwrap() <= 1, "class {c}: {per:?}");
     }
     let s1 = utkface(&root, &UtkOpts { seed: 1, ..utk(32) }).unwrap();
     assert_ne!(s1.folds, ds.folds);
-    assert_eq!(
-        utkface(&root, &UtkOpts { seed: 1, ..utk(32) })
-            .unwrap()
-            .folds,
-        s1.folds
-    );
+    assert_eq!(utkface(&root, &UtkOpts { seed: 1, ..utk(32) }).unwrap().folds, s1.folds);
     // Fold split: test = fold 2 (1/5 of the items), train the rest.
     let (tr, te) = ds.fold_split(2).unwrap();
     assert_eq!(tr.len() + te.len(), ds.len());
@@ -364,14 +246,7 @@ fn utkface_mappings_folds_and_cache() {
     assert!(te.folds.iter().all(|&f| f == 2) && tr.folds.iter().all(|&f| f != 2));
     assert!(err_text(ds.fold_split(5)).contains("fold 5 does not exist"));
     // limit: a stratified subset of exactly n items.
-    let lim = utkface(
-        &root,
-        &UtkOpts {
-            limit: Some(800),
-            ..utk(32)
-        },
-    )
-    .unwrap();
+    let lim = utkface(&root, &UtkOpts { limit: Some(800), ..utk(32) }).unwrap();
     assert_eq!(lim.len(), 800);
     let full = ds.class_counts();
     for (c, n) in lim.class_counts().into_iter().enumerate() {
@@ -384,14 +259,7 @@ fn utkface_mappings_folds_and_cache() {
 fn utkface_epoch_cost_and_batches() {
     let ds = utkface(&data().join("utkface"), &utk(32)).unwrap();
     for augment in [false, true] {
-        let o = BatchOpts {
-            batch_size: 64,
-            shuffle: true,
-            seed: 3,
-            augment,
-            drop_last: false,
-            device: Device::Cpu,
-        };
+        let o = BatchOpts { batch_size: 64, shuffle: true, seed: 3, augment, drop_last: false, device: Device::Cpu };
         let t = Instant::now();
         let b = ds.batches(&o).unwrap();
         assert_eq!(b.len(), ds.len().div_ceil(64));
@@ -402,11 +270,7 @@ fn utkface_epoch_cost_and_batches() {
                 seen[i as usize] += 1;
             }
         }
-        println!(
-            "utkface epoch, {} images at 32x32, batch 64, augment {augment}: {:?}",
-            ds.len(),
-            t.elapsed()
-        );
+        println!("utkface epoch, {} images at 32x32, batch 64, augment {augment}: {:?}", ds.len(), t.elapsed());
         assert!(seen.iter().all(|&c| c == 1));
     }
 }
@@ -416,46 +280,17 @@ fn utkface_labels_from_file_names_without_csv() {
     let dir = tempfile::tempdir().unwrap();
     let files = copy_utk_images(dir.path(), 6);
     // The two names the shipped set left out for lacking a race field.
-    std::fs::copy(
-        &files[0],
-        dir.path().join("61_1_20170109142408075.jpg.chip.jpg"),
-    )
-    .unwrap();
-    std::fs::copy(
-        &files[0],
-        dir.path().join("61_3_20170109150557335.jpg.chip.jpg"),
-    )
-    .unwrap();
+    std::fs::copy(&files[0], dir.path().join("61_1_20170109142408075.jpg.chip.jpg")).unwrap();
+    std::fs::copy(&files[0], dir.path().join("61_3_20170109150557335.jpg.chip.jpg")).unwrap();
     let nc = tempfile::tempdir().unwrap();
-    let ds = utkface(
-        dir.path(),
-        &UtkOpts {
-            decode: dec(16, nc.path()),
-            folds: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let ds = utkface(dir.path(), &UtkOpts { decode: dec(16, nc.path()), folds: 0, ..Default::default() }).unwrap();
     assert_eq!(ds.report.total, 8);
-    assert_eq!(
-        ds.report
-            .dropped_for("file name does not parse as age_gender_race_datetime.jpg"),
-        2
-    );
+    assert_eq!(ds.report.dropped_for("file name does not parse as age_gender_race_datetime.jpg"), 2);
     // The first 6 names sorted: ages 100, 100, 101, 10, 10, 10 (all in a group: 60- or 8-13).
     let want: Vec<i64> = files
         .iter()
         .map(|f| {
-            let age: u32 = f
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .split('_')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let age: u32 = f.file_name().unwrap().to_str().unwrap().split('_').next().unwrap().parse().unwrap();
             if age >= 60 { 7 } else { 2 }
         })
         .collect();
@@ -472,27 +307,11 @@ fn batches_on_cuda_match_cpu_when_available() {
         println!("no CUDA device: skipped");
         return;
     }
-    let ds = synthetic(&SyntheticOpts {
-        n: 70,
-        classes: 3,
-        size: 12,
-        ..Default::default()
-    })
-    .unwrap();
-    let o = BatchOpts {
-        batch_size: 32,
-        augment: true,
-        ..Default::default()
-    };
+    let ds = synthetic(&SyntheticOpts { n: 70, classes: 3, size: 12, ..Default::default() }).unwrap();
+    let o = BatchOpts { batch_size: 32, augment: true, ..Default::default() };
     let cpu: Vec<Batch> = ds.batches(&o).unwrap().map(|b| b.unwrap()).collect();
-    let gpu: Vec<Batch> = ds
-        .batches(&BatchOpts {
-            device: Device::Cuda(0),
-            ..o
-        })
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect();
+    let gpu: Vec<Batch> =
+        ds.batches(&BatchOpts { device: Device::Cuda(0), ..o }).unwrap().map(|b| b.unwrap()).collect();
     for (c, g) in cpu.iter().zip(&gpu) {
         assert_eq!(g.x.device(), Device::Cuda(0));
         assert!(g.x.to_device(Device::Cpu).allclose(&c.x, 0.0, 1e-6, false));
@@ -502,22 +321,8 @@ fn batches_on_cuda_match_cpu_when_available() {
 
 #[test]
 fn batches_cover_each_item_once_with_right_shapes() {
-    let ds = synthetic(&SyntheticOpts {
-        n: 203,
-        classes: 5,
-        size: 16,
-        seed: 4,
-        ..Default::default()
-    })
-    .unwrap();
-    let o = BatchOpts {
-        batch_size: 50,
-        shuffle: true,
-        seed: 9,
-        augment: false,
-        drop_last: false,
-        device: Device::Cpu,
-    };
+    let ds = synthetic(&SyntheticOpts { n: 203, classes: 5, size: 16, seed: 4, ..Default::default() }).unwrap();
+    let o = BatchOpts { batch_size: 50, shuffle: true, seed: 9, augment: false, drop_last: false, device: Device::Cpu };
     let batches: Vec<Batch> = ds.batches(&o).unwrap().map(|b| b.unwrap()).collect();
     assert_eq!(batches.len(), 5);
     assert_eq!(batches[4].x.size(), vec![3, 3, 16, 16]);
@@ -533,51 +338,26 @@ fn batches_cover_each_item_once_with_right_shapes() {
         assert!(b.x.allclose(&want, 0.0, 1e-7, false));
         assert_eq!(
             Vec::<i64>::try_from(&b.y).unwrap(),
-            b.idx
-                .iter()
-                .map(|&i| ds.labels[i as usize])
-                .collect::<Vec<_>>()
+            b.idx.iter().map(|&i| ds.labels[i as usize]).collect::<Vec<_>>()
         );
     }
     // Same seed, same order; the next epoch (seed + 1) a different one.
-    let again: Vec<i64> = ds
-        .batches(&o)
-        .unwrap()
-        .flat_map(|b| b.unwrap().idx)
-        .collect();
+    let again: Vec<i64> = ds.batches(&o).unwrap().flat_map(|b| b.unwrap().idx).collect();
     assert_eq!(again, all);
-    let next: Vec<i64> = ds
-        .batches(&o.epoch(1))
-        .unwrap()
-        .flat_map(|b| b.unwrap().idx)
-        .collect();
+    let next: Vec<i64> = ds.batches(&o.epoch(1)).unwrap().flat_map(|b| b.unwrap().idx).collect();
     assert_ne!(next, all);
     // drop_last leaves out the 3 leftover items; no shuffle keeps order.
-    let o2 = BatchOpts {
-        drop_last: true,
-        shuffle: false,
-        ..o.clone()
-    };
-    let idx: Vec<i64> = ds
-        .batches(&o2)
-        .unwrap()
-        .flat_map(|b| b.unwrap().idx)
-        .collect();
+    let o2 = BatchOpts { drop_last: true, shuffle: false, ..o.clone() };
+    let idx: Vec<i64> = ds.batches(&o2).unwrap().flat_map(|b| b.unwrap().idx).collect();
     assert_eq!(idx, (0..200).collect::<Vec<_>>());
     // Augmentation stays in [0, 1], changes pixels, and is seeded.
-    let oa = BatchOpts {
-        augment: true,
-        ..o.clone()
-    };
+    let oa = BatchOpts { augment: true, ..o.clone() };
     let a1: Vec<Batch> = ds.batches(&oa).unwrap().map(|b| b.unwrap()).collect();
     let a2: Vec<Batch> = ds.batches(&oa).unwrap().map(|b| b.unwrap()).collect();
     for (i, b) in a1.iter().enumerate() {
         assert!(b.x.min().double_value(&[]) >= 0.0 && b.x.max().double_value(&[]) <= 1.0);
         assert!(b.x.equal(&a2[i].x));
-        assert_eq!(
-            b.idx, batches[i].idx,
-            "augmentation does not change the order"
-        );
+        assert_eq!(b.idx, batches[i].idx, "augmentation does not change the order");
         assert!(!b.x.equal(&batches[i].x));
     }
     assert!(err_text(ds.batches(&BatchOpts { batch_size: 0, ..o })).contains("at least 1"));
@@ -585,14 +365,7 @@ fn batches_cover_each_item_once_with_right_shapes() {
 
 #[test]
 fn split_val_keeps_groups_apart_or_stratifies() {
-    let ds = synthetic(&SyntheticOpts {
-        n: 400,
-        classes: 4,
-        size: 8,
-        groups: 20,
-        ..Default::default()
-    })
-    .unwrap();
+    let ds = synthetic(&SyntheticOpts { n: 400, classes: 4, size: 8, groups: 20, ..Default::default() }).unwrap();
     let (tr, va) = ds.split_val(0.25, 3).unwrap();
     assert_eq!(tr.len() + va.len(), 400);
     let gt: BTreeSet<&String> = tr.groups.iter().collect();
@@ -603,13 +376,7 @@ fn split_val_keeps_groups_apart_or_stratifies() {
     let gv2: BTreeSet<&String> = va2.groups.iter().collect();
     assert_ne!(gv, gv2, "the seed changes which groups go to validation");
     // Without groups: stratified, 10% of each class.
-    let ng = synthetic(&SyntheticOpts {
-        n: 400,
-        classes: 4,
-        size: 8,
-        ..Default::default()
-    })
-    .unwrap();
+    let ng = synthetic(&SyntheticOpts { n: 400, classes: 4, size: 8, ..Default::default() }).unwrap();
     let (_, v) = ng.split_val(0.1, 1).unwrap();
     assert_eq!(v.class_counts(), vec![10, 10, 10, 10]);
     assert!(err_text(ng.split_val(1.5, 1)).contains("(0, 1)"));
@@ -617,14 +384,7 @@ fn split_val_keeps_groups_apart_or_stratifies() {
 
 #[test]
 fn synthetic_is_ordinal_and_seeded() {
-    let o = SyntheticOpts {
-        n: 400,
-        classes: 8,
-        size: 16,
-        seed: 2,
-        noise: 0.05,
-        ..Default::default()
-    };
+    let o = SyntheticOpts { n: 400, classes: 8, size: 16, seed: 2, noise: 0.05, ..Default::default() };
     let ds = synthetic(&o).unwrap();
     assert_eq!(ds.class_counts(), vec![50; 8]);
     // Mean brightness rises with the class.
@@ -640,22 +400,14 @@ fn synthetic_is_ordinal_and_seeded() {
         .collect();
     assert!(means.windows(2).all(|w| w[1] > w[0] + 10.0), "{means:?}");
     assert!(synthetic(&o).unwrap().images.equal(&ds.images));
-    assert!(
-        !synthetic(&SyntheticOpts { seed: 3, ..o })
-            .unwrap()
-            .images
-            .equal(&ds.images)
-    );
+    assert!(!synthetic(&SyntheticOpts { seed: 3, ..o }).unwrap().images.equal(&ds.images));
 }
 
 // ---------------------------------------------------------------- generic sources, bad files
 
 fn copy_utk_images(dst: &Path, n: usize) -> Vec<PathBuf> {
     let src = data().join("utkface/images");
-    let mut names: Vec<_> = std::fs::read_dir(&src)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut names: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
     names.sort();
     names
         .iter()
@@ -681,60 +433,27 @@ fn corrupt_and_missing_files_error_or_counted_skip() {
     std::fs::write(&bad, &good[..40]).unwrap();
     std::fs::write(dir.path().join("a/noise.png"), b"not a png at all").unwrap();
     let nc = tempfile::tempdir().unwrap();
-    let o = ManifestOpts {
-        decode: dec(16, nc.path()),
-        ..Default::default()
-    };
+    let o = ManifestOpts { decode: dec(16, nc.path()), ..Default::default() };
     let e = err_text(image_folder(dir.path(), &o));
-    assert!(
-        e.contains("2 image(s) cannot be decoded") && e.contains("noise.png"),
-        "{e}"
-    );
-    let ds = image_folder(
-        dir.path(),
-        &ManifestOpts {
-            skip_bad: true,
-            ..o.clone()
-        },
-    )
-    .unwrap();
+    assert!(e.contains("2 image(s) cannot be decoded") && e.contains("noise.png"), "{e}");
+    let ds = image_folder(dir.path(), &ManifestOpts { skip_bad: true, ..o.clone() }).unwrap();
     assert_eq!(ds.report.dropped_for("image cannot be decoded"), 2);
     assert_eq!(ds.class_counts(), vec![3, 3]);
     assert_eq!(ds.classes, vec!["a", "b"]);
     // The cached run reports the same failures.
-    let ds2 = image_folder(
-        dir.path(),
-        &ManifestOpts {
-            skip_bad: true,
-            ..o.clone()
-        },
-    )
-    .unwrap();
+    let ds2 = image_folder(dir.path(), &ManifestOpts { skip_bad: true, ..o.clone() }).unwrap();
     assert_eq!(ds2.report, ds.report);
     assert!(ds2.images.equal(&ds.images));
     // A damaged cache file is ignored (and rewritten), never trusted.
-    let cached: Vec<PathBuf> = std::fs::read_dir(nc.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let cached: Vec<PathBuf> = std::fs::read_dir(nc.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(cached.len(), 1);
     let bytes = std::fs::read(&cached[0]).unwrap();
     std::fs::write(&cached[0], &bytes[..bytes.len() / 2]).unwrap();
-    let ds3 = image_folder(
-        dir.path(),
-        &ManifestOpts {
-            skip_bad: true,
-            ..o.clone()
-        },
-    )
-    .unwrap();
+    let ds3 = image_folder(dir.path(), &ManifestOpts { skip_bad: true, ..o.clone() }).unwrap();
     assert!(ds3.images.equal(&ds.images));
     assert_eq!(std::fs::read(&cached[0]).unwrap(), bytes);
     // Only the broken JPEG, asked directly: its own error.
-    let e = format!(
-        "{:#}",
-        decode::decode_file(&bad, 16, Resize::CenterCrop).unwrap_err()
-    );
+    let e = format!("{:#}", decode::decode_file(&bad, 16, Resize::CenterCrop).unwrap_err());
     assert!(e.contains("broken.jpg"), "{e}");
 
     // CSV manifest with a missing file (with a header, group column, and an explicit class order).
@@ -751,23 +470,10 @@ fn corrupt_and_missing_files_error_or_counted_skip() {
     csv += "gone.jpg,young,u9\n";
     let m = dir.path().join("m.csv");
     std::fs::write(&m, csv).unwrap();
-    let mo = ManifestOpts {
-        classes: Some(vec!["young".into(), "old".into()]),
-        ..o.clone()
-    };
+    let mo = ManifestOpts { classes: Some(vec!["young".into(), "old".into()]), ..o.clone() };
     let e = err_text(csv_manifest(&m, &mo));
-    assert!(
-        e.contains("1 of 5 image files are missing") && e.contains("gone.jpg"),
-        "{e}"
-    );
-    let ds = csv_manifest(
-        &m,
-        &ManifestOpts {
-            skip_missing: true,
-            ..mo.clone()
-        },
-    )
-    .unwrap();
+    assert!(e.contains("1 of 5 image files are missing") && e.contains("gone.jpg"), "{e}");
+    let ds = csv_manifest(&m, &ManifestOpts { skip_missing: true, ..mo.clone() }).unwrap();
     assert_eq!(ds.report.dropped_for("image file missing"), 1);
     assert_eq!(ds.labels, vec![1, 0, 1, 0]);
     assert_eq!(ds.groups, vec!["u0", "u0", "u1", "u1"]);
@@ -801,20 +507,11 @@ fn script_api_datasets_and_batches() {
     .unwrap()
     .into_array()
     .unwrap();
-    assert_eq!(
-        out[0].to_string(),
-        "Dataset[synthetic; 90 items; 3 classes; 8x8]"
-    );
-    let ints: Vec<i64> = [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-        .iter()
-        .map(|&i| out[i].as_int().unwrap())
-        .collect();
+    assert_eq!(out[0].to_string(), "Dataset[synthetic; 90 items; 3 classes; 8x8]");
+    let ints: Vec<i64> = [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12].iter().map(|&i| out[i].as_int().unwrap()).collect();
     assert_eq!(ints, vec![90, 3, 60, 30, 18, 60, 4, 7, 30, 3, 6]);
     let e = eval("synthetic(#{n: 10, colours: 3})").unwrap_err();
-    assert!(
-        e.contains("unknown option(s) colours") && e.contains("valid options"),
-        "{e}"
-    );
+    assert!(e.contains("unknown option(s) colours") && e.contains("valid options"), "{e}");
     let e = eval("utkface(#{mapping: \"closest\"})").unwrap_err();
     assert!(e.contains("drop, nearest"), "{e}");
     let root = sample().display().to_string();
@@ -824,13 +521,7 @@ fn script_api_datasets_and_batches() {
     .unwrap()
     .into_array()
     .unwrap();
-    assert_eq!(
-        (out[0].as_int().unwrap(), out[1].as_int().unwrap()),
-        (6, 11)
-    );
-    let e = eval(&format!(
-        r#"adience(#{{root: "{root}", size: 16, cache: false}})"#
-    ))
-    .unwrap_err();
+    assert_eq!((out[0].as_int().unwrap(), out[1].as_int().unwrap()), (6, 11));
+    let e = eval(&format!(r#"adience(#{{root: "{root}", size: 16, cache: false}})"#)).unwrap_err();
     assert!(e.contains("adience") && e.contains("missing"), "{e}");
 }

@@ -6,8 +6,8 @@ use satm::core::data::{BatchOpts, Dataset, SyntheticOpts, synthetic};
 use satm::core::eval::masking::is_flagged;
 use satm::core::eval::tables::{self, Holdout, Pair};
 use satm::core::eval::{
-    EvalOpts, MaskingOpts, Metric, RobustOpts, Sources, eps_sweep, evaluate, masking_report,
-    predict, robust_eval, transfer_matrix, transfer_results,
+    EvalOpts, MaskingOpts, Metric, RobustOpts, Sources, eps_sweep, evaluate, masking_report, predict, robust_eval,
+    transfer_matrix, transfer_results,
 };
 use satm::core::models::Classifier;
 use satm::core::report::Cell;
@@ -26,9 +26,7 @@ struct Mlp {
 
 impl Classifier for Mlp {
     fn logits_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
-        Ok(self
-            .l2
-            .forward(&self.l1.forward(&x.f_flatten(1, -1)?).f_tanh()?))
+        Ok(self.l2.forward(&self.l1.forward(&x.f_flatten(1, -1)?).f_tanh()?))
     }
     fn num_classes(&self) -> i64 {
         4
@@ -60,16 +58,7 @@ impl Classifier for Detached<'_> {
 }
 
 fn data() -> Dataset {
-    synthetic(&SyntheticOpts {
-        n: 256,
-        classes: 4,
-        size: 8,
-        seed: 3,
-        noise: 0.08,
-        folds: 0,
-        groups: 0,
-    })
-    .unwrap()
+    synthetic(&SyntheticOpts { n: 256, classes: 4, size: 8, seed: 3, noise: 0.08, folds: 0, groups: 0 }).unwrap()
 }
 
 fn train(name: &str, seed: i64, hidden: i64) -> Mlp {
@@ -81,26 +70,14 @@ fn train(name: &str, seed: i64, hidden: i64) -> Mlp {
     let mut opt = nn::Adam::default().build(&vs, 1e-2).unwrap();
     let ds = data();
     for epoch in 0..25 {
-        let o = BatchOpts {
-            batch_size: 32,
-            shuffle: true,
-            seed: epoch,
-            ..Default::default()
-        };
+        let o = BatchOpts { batch_size: 32, shuffle: true, seed: epoch, ..Default::default() };
         for b in ds.batches(&o).unwrap() {
             let b = b.unwrap();
-            let loss = l2
-                .forward(&l1.forward(&b.x.flatten(1, -1)).tanh())
-                .cross_entropy_for_logits(&b.y);
+            let loss = l2.forward(&l1.forward(&b.x.flatten(1, -1)).tanh()).cross_entropy_for_logits(&b.y);
             opt.backward_step(&loss);
         }
     }
-    Mlp {
-        _vs: vs,
-        l1,
-        l2,
-        name: name.to_string(),
-    }
+    Mlp { _vs: vs, l1, l2, name: name.to_string() }
 }
 
 /// libtorch's random generator is process-wide and evaluations reseed it, so the tests run one at a time.
@@ -133,39 +110,19 @@ fn spec(kind: AttackKind, eps: f64) -> AttackSpec {
 fn clean_evaluation_matches_a_direct_count() {
     let (_g, (a, _)) = models();
     let ds = data();
-    let r = evaluate(
-        a,
-        &ds,
-        &EvalOpts {
-            batch_size: 50,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let r = evaluate(a, &ds, &EvalOpts { batch_size: 50, ..Default::default() }).unwrap();
     let x = ds.images.to_kind(Kind::Float) / 255.0;
     let pred = predict(a, &x).unwrap().argmax(-1, false);
     let y = Tensor::from_slice(&ds.labels);
     let hits = pred.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
     assert_eq!(r.n, 256);
     assert!((r.accuracy - hits as f64 / 256.0).abs() < 1e-12);
-    assert!(
-        r.accuracy > 0.7,
-        "the test model did not train: {}",
-        r.accuracy
-    );
+    assert!(r.accuracy > 0.7, "the test model did not train: {}", r.accuracy);
     assert!(r.one_off >= r.accuracy);
     assert_eq!(r.confusion.total(), 256);
     assert_eq!(r.setting(), "clean");
     // A limit evaluates a seeded subset of that size.
-    let l = evaluate(
-        a,
-        &ds,
-        &EvalOpts {
-            limit: Some(40),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let l = evaluate(a, &ds, &EvalOpts { limit: Some(40), ..Default::default() }).unwrap();
     assert_eq!(l.n, 40);
 }
 
@@ -175,37 +132,15 @@ fn white_box_and_black_box_lower_accuracy() {
     let ds = data();
     let eps = 12.0 / 256.0;
     let clean = evaluate(a, &ds, &EvalOpts::default()).unwrap();
-    let wb = evaluate(
-        a,
-        &ds,
-        &EvalOpts {
-            attack: Some(spec(AttackKind::Fgsm, eps)),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let wb = evaluate(a, &ds, &EvalOpts { attack: Some(spec(AttackKind::Fgsm, eps)), ..Default::default() }).unwrap();
     let bb = evaluate(
         a,
         &ds,
-        &EvalOpts {
-            attack: Some(spec(AttackKind::Fgsm, eps)),
-            sources: Sources::From(vec![b]),
-            ..Default::default()
-        },
+        &EvalOpts { attack: Some(spec(AttackKind::Fgsm, eps)), sources: Sources::From(vec![b]), ..Default::default() },
     )
     .unwrap();
-    assert!(
-        wb.accuracy < clean.accuracy - 0.1,
-        "white-box {} vs clean {}",
-        wb.accuracy,
-        clean.accuracy
-    );
-    assert!(
-        bb.accuracy < clean.accuracy,
-        "black-box {} vs clean {}",
-        bb.accuracy,
-        clean.accuracy
-    );
+    assert!(wb.accuracy < clean.accuracy - 0.1, "white-box {} vs clean {}", wb.accuracy, clean.accuracy);
+    assert!(bb.accuracy < clean.accuracy, "black-box {} vs clean {}", bb.accuracy, clean.accuracy);
     assert_eq!(wb.setting(), "white-box");
     assert_eq!(bb.setting(), "black-box from B");
 }
@@ -216,49 +151,19 @@ fn transfer_matrix_diagonal_equals_white_box_on_the_same_seed() {
     let ds = data();
     // R+FGSM draws random noise, so the diagonal only matches if each cell is reseeded like `evaluate`.
     let atk = spec(AttackKind::RFgsm, 16.0 / 256.0);
-    let opts = EvalOpts {
-        batch_size: 64,
-        seed: 11,
-        limit: Some(160),
-        ..Default::default()
-    };
+    let opts = EvalOpts { batch_size: 64, seed: 11, limit: Some(160), ..Default::default() };
     let srcs: Vec<&dyn Classifier> = vec![a, b];
     let res = transfer_results(&srcs, &srcs, &ds, &atk, &opts).unwrap();
     for (i, m) in srcs.iter().enumerate() {
-        let wb = evaluate(
-            *m,
-            &ds,
-            &EvalOpts {
-                attack: Some(atk.clone()),
-                ..opts.clone()
-            },
-        )
-        .unwrap();
+        let wb = evaluate(*m, &ds, &EvalOpts { attack: Some(atk.clone()), ..opts.clone() }).unwrap();
         assert_eq!(res[i][i].confusion, wb.confusion, "diagonal {i}");
     }
     // Off-diagonal = black-box evaluate with that source.
-    let ab = evaluate(
-        a,
-        &ds,
-        &EvalOpts {
-            attack: Some(atk.clone()),
-            sources: Sources::From(vec![b]),
-            ..opts.clone()
-        },
-    )
-    .unwrap();
+    let ab = evaluate(a, &ds, &EvalOpts { attack: Some(atk.clone()), sources: Sources::From(vec![b]), ..opts.clone() })
+        .unwrap();
     assert_eq!(res[1][0].confusion, ab.confusion);
     // Another seed gives other noise (the seed reaches the attack).
-    let other = evaluate(
-        a,
-        &ds,
-        &EvalOpts {
-            attack: Some(atk.clone()),
-            seed: 12,
-            ..opts.clone()
-        },
-    )
-    .unwrap();
+    let other = evaluate(a, &ds, &EvalOpts { attack: Some(atk.clone()), seed: 12, ..opts.clone() }).unwrap();
     assert_ne!(other.confusion, res[0][0].confusion);
     let t = transfer_matrix(&srcs, &srcs, &ds, &atk, &opts, Metric::Accuracy).unwrap();
     assert_eq!(t.columns, vec!["source \\ target", "A", "B"]);
@@ -272,15 +177,9 @@ fn eps_sweep_starts_at_clean_and_decreases() {
     let (_g, (a, _)) = models();
     let ds = data();
     let clean = evaluate(a, &ds, &EvalOpts::default()).unwrap();
-    let o = EvalOpts {
-        attack: Some(spec(AttackKind::Fgsm, 16.0 / 256.0)),
-        ..Default::default()
-    };
+    let o = EvalOpts { attack: Some(spec(AttackKind::Fgsm, 16.0 / 256.0)), ..Default::default() };
     let s = eps_sweep(a, &ds, &[0.0, 4.0 / 256.0, 16.0 / 256.0], &o).unwrap();
-    assert_eq!(
-        s[0].1.confusion, clean.confusion,
-        "ε = 0 must leave the inputs unchanged"
-    );
+    assert_eq!(s[0].1.confusion, clean.confusion, "ε = 0 must leave the inputs unchanged");
     assert!(s[1].1.accuracy <= s[0].1.accuracy && s[2].1.accuracy < s[1].1.accuracy);
     assert!(s[2].1.attack.as_deref().unwrap().contains("16/256"));
 }
@@ -290,38 +189,14 @@ fn paper_tables_hold_the_evaluated_rates() {
     let (_g, (a, b)) = models();
     let ds = data();
     let atk = spec(AttackKind::RStepLl, 16.0 / 256.0);
-    let opts = EvalOpts {
-        attack: Some(atk.clone()),
-        seed: 5,
-        limit: Some(128),
-        ..Default::default()
-    };
+    let opts = EvalOpts { attack: Some(atk.clone()), seed: 5, limit: Some(128), ..Default::default() };
     let t1 = tables::table1(&[a, b], &ds, &[16.0 / 256.0, 4.0 / 256.0], &opts).unwrap();
     assert_eq!(t1.columns, vec!["ε", "16/256", "4/256", "Clean data"]);
-    let clean_b = evaluate(
-        b,
-        &ds,
-        &EvalOpts {
-            attack: None,
-            ..opts.clone()
-        },
-    )
-    .unwrap();
+    let clean_b = evaluate(b, &ds, &EvalOpts { attack: None, ..opts.clone() }).unwrap();
     assert_eq!(t1.rows[1][3], Cell::rate(clean_b.accuracy));
 
     // "before" = A, "after" = B for the two names: each cell must be the matching evaluation.
-    let pairs = [
-        Pair {
-            name: "net1",
-            before: a,
-            after: b,
-        },
-        Pair {
-            name: "net2",
-            before: b,
-            after: a,
-        },
-    ];
+    let pairs = [Pair { name: "net1", before: a, after: b }, Pair { name: "net2", before: b, after: a }];
     let t2 = tables::table2(&pairs, &ds, &opts).unwrap();
     let wa = evaluate(a, &ds, &opts).unwrap();
     let wb = evaluate(b, &ds, &opts).unwrap();
@@ -330,20 +205,10 @@ fn paper_tables_hold_the_evaluated_rates() {
     assert!(t2.to_string().contains(" → "));
 
     let t4 = tables::table4(&pairs, &ds, &opts).unwrap();
-    let a_from_b = evaluate(
-        a,
-        &ds,
-        &EvalOpts {
-            sources: Sources::From(vec![b]),
-            ..opts.clone()
-        },
-    )
-    .unwrap();
+    let a_from_b = evaluate(a, &ds, &EvalOpts { sources: Sources::From(vec![b]), ..opts.clone() }).unwrap();
     assert_eq!(t4.rows.len(), 2);
     assert_eq!(t4.rows[0][..2], [Cell::text("net1"), Cell::text("net2")]);
-    assert!(
-        matches!(t4.rows[0][2], Cell::RateChange { before, .. } if before == a_from_b.accuracy)
-    );
+    assert!(matches!(t4.rows[0][2], Cell::RateChange { before, .. } if before == a_from_b.accuracy));
 
     let t3 = tables::table3(&pairs[..1], b, &ds, &opts).unwrap();
     assert!(
@@ -351,44 +216,19 @@ fn paper_tables_hold_the_evaluated_rates() {
         "after = B attacked from B"
     );
 
-    let targets = [Holdout {
-        name: "T",
-        variants: vec![("Undefended", a), ("SATM", b)],
-    }];
+    let targets = [Holdout { name: "T", variants: vec![("Undefended", a), ("SATM", b)] }];
     let t5 = tables::table5(&targets, &[b], &ds, &opts).unwrap();
     assert_eq!(
         t5.columns,
-        vec![
-            "Target",
-            "Adv model",
-            "Undefended Cr",
-            "Undefended one-off",
-            "SATM Cr",
-            "SATM one-off"
-        ]
+        vec!["Target", "Adv model", "Undefended Cr", "Undefended one-off", "SATM Cr", "SATM one-off"]
     );
     assert_eq!(t5.rows[0][2], Cell::rate(a_from_b.accuracy));
     assert_eq!(t5.rows[0][4], Cell::rate(wb.accuracy));
 
     // Several folds: per-fold tables merge into mean ± std.
-    let t2b = tables::table2(
-        &pairs,
-        &ds,
-        &EvalOpts {
-            seed: 6,
-            ..opts.clone()
-        },
-    )
-    .unwrap();
+    let t2b = tables::table2(&pairs, &ds, &EvalOpts { seed: 6, ..opts.clone() }).unwrap();
     let m = satm::core::report::Table::merge_folds(&[t2, t2b]).unwrap();
-    assert!(matches!(
-        m.rows[0][1],
-        Cell::RateChange {
-            before_std: Some(_),
-            after_std: Some(_),
-            ..
-        }
-    ));
+    assert!(matches!(m.rows[0][1], Cell::RateChange { before_std: Some(_), after_std: Some(_), .. }));
 }
 
 #[test]
@@ -404,51 +244,22 @@ fn robust_eval_is_worst_case_and_records_settings() {
         ..Default::default()
     };
     let r = robust_eval(a, &ds, &o).unwrap();
-    let clean = evaluate(
-        a,
-        &ds,
-        &EvalOpts {
-            limit: Some(96),
-            seed: 4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let clean = evaluate(a, &ds, &EvalOpts { limit: Some(96), seed: 4, ..Default::default() }).unwrap();
     assert_eq!(r.clean.confusion, clean.confusion);
-    let rates: Vec<f64> = r
-        .table
-        .rows
-        .iter()
-        .map(|row| row[2].value().unwrap())
-        .collect();
+    let rates: Vec<f64> = r.table.rows.iter().map(|row| row[2].value().unwrap()).collect();
     assert_eq!(rates.len(), 4, "clean + APGD-CE + APGD-DLR-T + Square");
-    assert!(
-        rates.windows(2).all(|w| w[1] <= w[0]),
-        "cumulative robust accuracy must not grow: {rates:?}"
-    );
+    assert!(rates.windows(2).all(|w| w[1] <= w[0]), "cumulative robust accuracy must not grow: {rates:?}");
     assert!(r.worst.accuracy < clean.accuracy);
     assert_eq!(r.worst.accuracy, rates[3]);
     // The worst case is at least as strong as APGD-CE alone.
     let mut ce = AttackSpec::new(AttackKind::ApgdCe);
     ce.eps = o.eps;
     ce.steps = 20;
-    let alone = evaluate(
-        a,
-        &ds,
-        &EvalOpts {
-            attack: Some(ce),
-            limit: Some(96),
-            seed: 4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let alone =
+        evaluate(a, &ds, &EvalOpts { attack: Some(ce), limit: Some(96), seed: 4, ..Default::default() }).unwrap();
     assert!(r.worst.accuracy <= alone.accuracy + 1e-12);
     let notes = r.table.notes.join("\n");
-    assert!(
-        notes.contains("ε = 8/256") && notes.contains("seed 4") && notes.contains("queries=200"),
-        "{notes}"
-    );
+    assert!(notes.contains("ε = 8/256") && notes.contains("seed 4") && notes.contains("queries=200"), "{notes}");
 }
 
 #[test]
@@ -471,19 +282,12 @@ fn masking_report_flags_detached_gradients_and_passes_a_normal_model() {
     }
     let masked = Detached(a);
     let bad = masking_report(&masked, &ds, &o).unwrap();
-    assert!(
-        is_flagged(&bad),
-        "a model without input gradients passed:\n{bad}"
-    );
+    assert!(is_flagged(&bad), "a model without input gradients passed:\n{bad}");
     if std::env::var_os("SATM_SHOW").is_some() {
         println!("{bad}");
     }
     let grad_row = &bad.rows[1];
-    assert_eq!(
-        grad_row[1],
-        Cell::rate(1.0),
-        "every input gradient is missing"
-    );
+    assert_eq!(grad_row[1], Cell::rate(1.0), "every input gradient is missing");
     assert_eq!(grad_row[4], Cell::text("FLAG"));
 }
 
@@ -525,48 +329,21 @@ fn script_api_evaluates_and_fills_tables() {
     assert!(wb["attack"].to_string().contains("R+FGSM"));
     // The matrix diagonal equals evaluate()'s white-box result with the same seed.
     let tm = get("tm").cast::<rhai::Map>();
-    assert_eq!(
-        tm["value"].as_float().unwrap(),
-        wb["accuracy"].as_float().unwrap()
-    );
-    assert_eq!(
-        get("bb").cast::<rhai::Map>()["setting"].to_string(),
-        "black-box from vgg_s@w0.25"
-    );
+    assert_eq!(tm["value"].as_float().unwrap(), wb["accuracy"].as_float().unwrap());
+    assert_eq!(get("bb").cast::<rhai::Map>()["setting"].to_string(), "black-box from vgg_s@w0.25");
     let sw = get("sw").cast::<rhai::Map>();
     assert_eq!(sw["accuracy"].clone().into_array().unwrap().len(), 2);
     let md = get("t2").into_string().unwrap();
-    assert!(
-        md.contains("| A | ") && md.contains(" → ") && md.contains(" ± "),
-        "{md}"
-    );
-    let t5: Vec<String> = get("t5")
-        .into_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-    assert_eq!(
-        t5,
-        [
-            "Target",
-            "Adv model",
-            "Undefended Cr",
-            "Undefended one-off",
-            "SATM Cr",
-            "SATM one-off"
-        ]
-    );
+    assert!(md.contains("| A | ") && md.contains(" → ") && md.contains(" ± "), "{md}");
+    let t5: Vec<String> = get("t5").into_array().unwrap().iter().map(|c| c.to_string()).collect();
+    assert_eq!(t5, ["Target", "Adv model", "Undefended Cr", "Undefended one-off", "SATM Cr", "SATM one-off"]);
     assert_eq!(get("t1").into_array().unwrap().len(), 3);
     assert_eq!(get("rb").as_int().unwrap(), 4);
     assert_eq!(get("mr").to_string(), "overall");
 
     // Options are checked: unknown keys, options for an attack without one, sources without an attack.
     let pre = "let d = synthetic(#{n: 8, classes: 4, size: 32}); let a = model(\"vgg_s\", #{classes: 4, width: 0.25});";
-    let e = run_script(&format!(
-        "{pre} evaluate(a, d, #{{attack: \"fgsm\", steps: 3}})"
-    ))
-    .unwrap_err();
+    let e = run_script(&format!("{pre} evaluate(a, d, #{{attack: \"fgsm\", steps: 3}})")).unwrap_err();
     assert!(e.contains("evaluate") && e.contains("steps"), "{e}");
     let e = run_script(&format!("{pre} evaluate(a, d, #{{eps: 0.1}})")).unwrap_err();
     assert!(e.contains("need an attack"), "{e}");

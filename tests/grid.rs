@@ -38,34 +38,19 @@ record("loss", 1.0 + fold * fold);
 "#;
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("satm-grid-test-")
-        .tempdir()
-        .expect("temp dir")
+    tempfile::Builder::new().prefix("satm-grid-test-").tempdir().expect("temp dir")
 }
 
 fn satm(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(SATM)
-        .args(args)
-        .current_dir(cwd)
-        .env("SATM_QUIET", "1")
-        .output()
-        .expect("running satm")
+    Command::new(SATM).args(args).current_dir(cwd).env("SATM_QUIET", "1").output().expect("running satm")
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "--- stdout\n{}\n--- stderr\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn read_json(p: &Path) -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
-    )
-    .expect("json")
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json")
 }
 
 fn mean_std(xs: &[f64]) -> (f64, f64) {
@@ -106,10 +91,7 @@ fn grid_expansion_ranges_lists_types_and_names() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    let names: Vec<&str> = out
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap_or(""))
-        .collect();
+    let names: Vec<&str> = out.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
     assert_eq!(names.len(), 30, "{out}");
     assert_eq!(names[0], "fold=0,lr=0.5,arm=u");
     assert_eq!(names[1], "fold=0,lr=0.5,arm=e");
@@ -120,20 +102,7 @@ fn grid_expansion_ranges_lists_types_and_names() {
     // Real run of a small grid: the script sees int, float (1.0 stays a float) and the --set string.
     let o = satm(
         d.path(),
-        &[
-            "grid",
-            "t.rhai",
-            "--over",
-            "fold=3..4",
-            "--over",
-            "lr=0.5,1.0",
-            "--set",
-            "base=x",
-            "--dir",
-            "g",
-            "-j",
-            "2",
-        ],
+        &["grid", "t.rhai", "--over", "fold=3..4", "--over", "lr=0.5,1.0", "--set", "base=x", "--dir", "g", "-j", "2"],
     );
     assert!(o.status.success(), "{}", text(&o));
     let g = read_json(&d.path().join("g/grid.json"));
@@ -143,13 +112,7 @@ fn grid_expansion_ranges_lists_types_and_names() {
     assert_eq!(g["satm_version"], env!("CARGO_PKG_VERSION"));
     let sha = g["script_sha256"].as_str().unwrap();
     assert_eq!(sha.len(), 64);
-    assert!(
-        g["command"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a == "fold=3..4")
-    );
+    assert!(g["command"].as_array().unwrap().iter().any(|a| a == "fold=3..4"));
     assert_eq!(g["points"][3]["name"], "fold=4,lr=1.0");
     assert!(g["points"][3]["params"][1]["value"].is_f64());
     let r = read_json(&d.path().join("g/points/fold=4,lr=1.0/results.json"));
@@ -160,47 +123,25 @@ fn grid_expansion_ranges_lists_types_and_names() {
     for bad in ["fold=4..0", "fold=0..x", "9x=1,2", "arm=a,,b"] {
         let o = satm(d.path(), &["grid", "t.rhai", "--over", bad, "--dry-run"]);
         assert_eq!(o.status.code(), Some(1), "{bad}: {}", text(&o));
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains(bad),
-            "{bad}: {}",
-            text(&o)
-        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains(bad), "{bad}: {}", text(&o));
     }
 }
 
 fn mtime(p: &Path) -> std::time::SystemTime {
-    std::fs::metadata(p)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 #[test]
 fn grid_points_are_idempotent() {
     let d = tmp();
     std::fs::write(d.path().join("t.rhai"), TABLE_SCRIPT).unwrap();
-    let args = [
-        "grid",
-        "t.rhai",
-        "--over",
-        "fold=0..1",
-        "--over",
-        "arm=satm",
-        "--dir",
-        "g",
-        "-j",
-        "2",
-    ];
+    let args = ["grid", "t.rhai", "--over", "fold=0..1", "--over", "arm=satm", "--dir", "g", "-j", "2"];
     let o = satm(d.path(), &args);
     assert!(o.status.success(), "{}", text(&o));
     let pts = ["g/points/fold=0,arm=satm", "g/points/fold=1,arm=satm"];
     let before: Vec<_> = pts
         .iter()
-        .map(|p| {
-            (
-                mtime(&d.path().join(p).join("done")),
-                mtime(&d.path().join(p).join("results.json")),
-            )
-        })
+        .map(|p| (mtime(&d.path().join(p).join("done")), mtime(&d.path().join(p).join("results.json"))))
         .collect();
     let done = read_json(&d.path().join(pts[0]).join("done"));
     assert_eq!(done["exit_code"], 0);
@@ -210,64 +151,29 @@ fn grid_points_are_idempotent() {
     // The same command again runs nothing: no marker or result is rewritten.
     let o = satm(d.path(), &args);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("2 done, 0 running or queued); 0 to run"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("2 done, 0 running or queued); 0 to run"), "{}", text(&o));
     for (p, (dm, rm)) in pts.iter().zip(&before) {
-        assert_eq!(
-            mtime(&d.path().join(p).join("done")),
-            *dm,
-            "{p}: done marker rewritten"
-        );
-        assert_eq!(
-            mtime(&d.path().join(p).join("results.json")),
-            *rm,
-            "{p}: results rewritten"
-        );
+        assert_eq!(mtime(&d.path().join(p).join("done")), *dm, "{p}: done marker rewritten");
+        assert_eq!(mtime(&d.path().join(p).join("results.json")), *rm, "{p}: results rewritten");
     }
 
     // Without its marker a point counts as missing and only it runs again.
     std::fs::remove_file(d.path().join(pts[1]).join("done")).unwrap();
     let o = satm(d.path(), &["grid", "g"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("1 to run"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 to run"), "{}", text(&o));
     assert_eq!(mtime(&d.path().join(pts[0]).join("done")), before[0].0);
     assert!(mtime(&d.path().join(pts[1]).join("done")) > before[1].0);
 
     // A different grid in the same directory is refused.
-    let o = satm(
-        d.path(),
-        &[
-            "grid",
-            "t.rhai",
-            "--over",
-            "fold=0..2",
-            "--over",
-            "arm=satm",
-            "--dir",
-            "g",
-        ],
-    );
+    let o = satm(d.path(), &["grid", "t.rhai", "--over", "fold=0..2", "--over", "arm=satm", "--dir", "g"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("different grid"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different grid"), "{}", text(&o));
 }
 
 /// Checks the collected "acc" table of a grid over fold=0..F-1 and the given arms against a hand computation.
 fn check_acc_table(acc: &Value, folds: &[f64], arms: &[(&str, f64)]) {
-    assert_eq!(
-        acc["columns"],
-        serde_json::json!(["arm", "net", "Cr", "bb"])
-    );
+    assert_eq!(acc["columns"], serde_json::json!(["arm", "net", "Cr", "bb"]));
     assert_eq!(acc["title"], "Accuracy");
     let rows = acc["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2 * arms.len());
@@ -278,21 +184,13 @@ fn check_acc_table(acc: &Value, folds: &[f64], arms: &[(&str, f64)]) {
         assert_eq!(ra[0], serde_json::json!({"type": "text", "value": arm}));
         assert_eq!(ra[1]["value"], "A");
         assert_eq!(ra[2]["type"], "rate_mean_std");
-        assert!(
-            close(&ra[2]["mean"], m) && close(&ra[2]["std"], s),
-            "{arm}: {} vs {m} ± {s}",
-            ra[2]
-        );
+        assert!(close(&ra[2]["mean"], m) && close(&ra[2]["std"], s), "{arm}: {} vs {m} ± {s}", ra[2]);
         assert_eq!(ra[2]["n"], folds.len());
         let after: Vec<f64> = cr.iter().map(|x| x * 2.0).collect();
         let (am, as_) = mean_std(&after);
         assert_eq!(ra[3]["type"], "rate_change");
         assert!(close(&ra[3]["before"], m) && close(&ra[3]["before_std"], s));
-        assert!(
-            close(&ra[3]["after"], am) && close(&ra[3]["after_std"], as_),
-            "{}",
-            ra[3]
-        );
+        assert!(close(&ra[3]["after"], am) && close(&ra[3]["after_std"], as_), "{}", ra[3]);
         let rb = &rows[2 * a + 1];
         let (bm, bs) = mean_std(&cr.iter().map(|x| x / 2.0).collect::<Vec<_>>());
         assert!(close(&rb[2]["mean"], bm) && close(&rb[2]["std"], bs));
@@ -306,18 +204,7 @@ fn grid_collect_equals_hand_computed_mean_std() {
     std::fs::write(d.path().join("t.rhai"), TABLE_SCRIPT).unwrap();
     let o = satm(
         d.path(),
-        &[
-            "grid",
-            "t.rhai",
-            "--over",
-            "fold=0..2",
-            "--over",
-            "arm=undefended,satm",
-            "--dir",
-            "g",
-            "-j",
-            "2",
-        ],
+        &["grid", "t.rhai", "--over", "fold=0..2", "--over", "arm=undefended,satm", "--dir", "g", "-j", "2"],
     );
     assert!(o.status.success(), "{}", text(&o));
     let o = satm(d.path(), &["grid", "collect", "g"]);
@@ -327,33 +214,17 @@ fn grid_collect_equals_hand_computed_mean_std() {
     // 0.1·fold + 0.3 over folds 0,1,2: 40.00% ± 10.00
     assert!(out.contains("40.00% ± 10.00"), "{out}");
     let acc = read_json(&d.path().join("g/collected/acc.json"));
-    check_acc_table(
-        &acc,
-        &[0.0, 1.0, 2.0],
-        &[("undefended", 0.0), ("satm", 0.3)],
-    );
+    check_acc_table(&acc, &[0.0, 1.0, 2.0], &[("undefended", 0.0), ("satm", 0.3)]);
     // Scalars: loss = 1 + fold² → 1, 2, 5 per arm.
     let sc = read_json(&d.path().join("g/collected/scalars.json"));
-    assert_eq!(
-        sc["columns"],
-        serde_json::json!(["arm", "name", "mean", "std", "n", "of"])
-    );
+    assert_eq!(sc["columns"], serde_json::json!(["arm", "name", "mean", "std", "n", "of"]));
     let (m, s) = mean_std(&[1.0, 2.0, 5.0]);
-    assert!(
-        close(&sc["rows"][0][2]["value"], m) && close(&sc["rows"][0][3]["value"], s),
-        "{}",
-        sc["rows"][0]
-    );
+    assert!(close(&sc["rows"][0][2]["value"], m) && close(&sc["rows"][0][3]["value"], s), "{}", sc["rows"][0]);
     assert_eq!(sc["rows"][0][4]["value"], 3);
     let csv = std::fs::read_to_string(d.path().join("g/collected/acc.csv")).unwrap();
-    assert_eq!(
-        csv.lines().next().unwrap(),
-        "arm,net,Cr,Cr std,bb before,bb after,bb before std,bb after std"
-    );
+    assert_eq!(csv.lines().next().unwrap(), "arm,net,Cr,Cr std,bb before,bb after,bb before std,bb after std");
     assert!(
-        std::fs::read_to_string(d.path().join("g/collected/acc.md"))
-            .unwrap()
-            .contains("| satm | A | 40.00% ± 10.00 |")
+        std::fs::read_to_string(d.path().join("g/collected/acc.md")).unwrap().contains("| satm | A | 40.00% ± 10.00 |")
     );
     let all = read_json(&d.path().join("g/collected/collected.json"));
     assert_eq!(all["complete"], true);
@@ -372,129 +243,65 @@ fn grid_collect_names_missing_and_failed_points_and_retry_failed_reruns_them() {
         "if fold == 1 && !(\"tried\" in results()) {{ record(\"tried\", true); throw \"deliberate failure\"; }}\n{MAP_TABLE_SCRIPT}"
     );
     std::fs::write(d.path().join("t.rhai"), script).unwrap();
-    let o = satm(
-        d.path(),
-        &[
-            "grid",
-            "t.rhai",
-            "--over",
-            "fold=0..2",
-            "--over",
-            "arm=satm",
-            "--dir",
-            "g",
-            "-j",
-            "3",
-        ],
-    );
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "a failed point makes the run fail: {}",
-        text(&o)
-    );
+    let o = satm(d.path(), &["grid", "t.rhai", "--over", "fold=0..2", "--over", "arm=satm", "--dir", "g", "-j", "3"]);
+    assert_eq!(o.status.code(), Some(1), "a failed point makes the run fail: {}", text(&o));
     let pdir = d.path().join("g/points/fold=1,arm=satm");
     let failed = read_json(&pdir.join("failed"));
     assert_eq!(failed["exit_code"], 1);
-    assert!(
-        failed["output_tail"]
-            .as_str()
-            .unwrap()
-            .contains("deliberate failure"),
-        "{failed}"
-    );
-    assert!(
-        std::fs::read_to_string(pdir.join("log.txt"))
-            .unwrap()
-            .contains("deliberate failure")
-    );
+    assert!(failed["output_tail"].as_str().unwrap().contains("deliberate failure"), "{failed}");
+    assert!(std::fs::read_to_string(pdir.join("log.txt")).unwrap().contains("deliberate failure"));
     assert!(!pdir.join("done").exists() && !pdir.join("running").exists());
     // A second point goes missing.
     std::fs::remove_file(d.path().join("g/points/fold=2,arm=satm/done")).unwrap();
 
     let o = satm(d.path(), &["grid", "status", "g"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.contains("3 points: 1 done, 1 failed, 1 missing"),
-        "{out}"
-    );
+    assert!(out.contains("3 points: 1 done, 1 failed, 1 missing"), "{out}");
 
     let o = satm(d.path(), &["grid", "collect", "g", "--strict"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.contains("fold=1,arm=satm: failed (exit code 1"),
-        "{out}"
-    );
+    assert!(out.contains("fold=1,arm=satm: failed (exit code 1"), "{out}");
     assert!(out.contains("fold=2,arm=satm: missing"), "{out}");
     assert!(
-        out.contains(
-            "INCOMPLETE arm=satm: 1 of 3 points averaged; missing: fold=1,arm=satm; fold=2,arm=satm"
-        ),
+        out.contains("INCOMPLETE arm=satm: 1 of 3 points averaged; missing: fold=1,arm=satm; fold=2,arm=satm"),
         "{out}"
     );
     let acc = read_json(&d.path().join("g/collected/acc.json"));
-    assert_eq!(
-        acc["rows"][0][2]["n"], 1,
-        "the mean is over the one done fold"
-    );
-    assert!(
-        acc["notes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n.as_str().unwrap().contains("fold=2,arm=satm"))
-    );
+    assert_eq!(acc["rows"][0][2]["n"], 1, "the mean is over the one done fold");
+    assert!(acc["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("fold=2,arm=satm")));
     let all = read_json(&d.path().join("g/collected/collected.json"));
     assert_eq!(all["complete"], false);
     assert_eq!(all["not_done"].as_array().unwrap().len(), 2);
     assert!(
-        std::fs::read_to_string(d.path().join("g/collected/summary.md"))
-            .unwrap()
-            .contains("fold=1,arm=satm: failed")
+        std::fs::read_to_string(d.path().join("g/collected/summary.md")).unwrap().contains("fold=1,arm=satm: failed")
     );
 
     // A plain rerun runs the missing point but not the failed one.
     let o = satm(d.path(), &["grid", "g"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("1 failed — add --retry-failed"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 failed — add --retry-failed"), "{}", text(&o));
     assert!(d.path().join("g/points/fold=2,arm=satm/done").exists());
     assert!(pdir.join("failed").exists());
     // --retry-failed runs exactly that one; now collect is complete and equals the hand computation.
     let o = satm(d.path(), &["grid", "submit", "--retry-failed", "g"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("1 to run"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 to run"), "{}", text(&o));
     assert!(pdir.join("done").exists() && !pdir.join("failed").exists());
     let o = satm(d.path(), &["grid", "collect", "g", "--strict"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stdout)
-            .contains("Not merged (neither numbers nor tables): 'tried' (bool)"),
+        String::from_utf8_lossy(&o.stdout).contains("Not merged (neither numbers nor tables): 'tried' (bool)"),
         "{}",
         text(&o)
     );
-    check_acc_table(
-        &read_json(&d.path().join("g/collected/acc.json")),
-        &[0.0, 1.0, 2.0],
-        &[("satm", 0.3)],
-    );
+    check_acc_table(&read_json(&d.path().join("g/collected/acc.json")), &[0.0, 1.0, 2.0], &[("satm", 0.3)]);
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(
-            t0.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -515,18 +322,7 @@ fn grid_ctrl_c_stops_running_points_cleanly() {
     let d = tmp();
     std::fs::write(d.path().join("t.rhai"), RESUMABLE_SCRIPT).unwrap();
     let mut child = Command::new(SATM)
-        .args([
-            "grid",
-            "t.rhai",
-            "--over",
-            "fold=0..1",
-            "--dir",
-            "g",
-            "-j",
-            "2",
-            "--grace",
-            "10",
-        ])
+        .args(["grid", "t.rhai", "--over", "fold=0..1", "--dir", "g", "-j", "2", "--grace", "10"])
         .current_dir(d.path())
         .env("SATM_QUIET", "1")
         .stdout(Stdio::piped())
@@ -536,9 +332,7 @@ fn grid_ctrl_c_stops_running_points_cleanly() {
     let p0 = d.path().join("g/points/fold=0");
     let p1 = d.path().join("g/points/fold=1");
     wait_until("both points to start", Duration::from_secs(30), || {
-        [&p0, &p1].iter().all(|p| {
-            std::fs::read_to_string(p.join("results.json")).is_ok_and(|s| s.contains("started"))
-        })
+        [&p0, &p1].iter().all(|p| std::fs::read_to_string(p.join("results.json")).is_ok_and(|s| s.contains("started")))
     });
     let t0 = Instant::now();
     // SAFETY: signalling our own child process.
@@ -557,33 +351,18 @@ fn grid_ctrl_c_stops_running_points_cleanly() {
     assert!(err.contains("interrupted"), "{err}");
     for p in [&p0, &p1] {
         for m in ["done", "failed", "running"] {
-            assert!(
-                !p.join(m).exists(),
-                "{}: no {m} marker after Ctrl-C",
-                p.display()
-            );
+            assert!(!p.join(m).exists(), "{}: no {m} marker after Ctrl-C", p.display());
         }
-        assert!(
-            std::fs::read_to_string(p.join("log.txt"))
-                .unwrap()
-                .contains("interrupted by satm grid")
-        );
+        assert!(std::fs::read_to_string(p.join("log.txt")).unwrap().contains("interrupted by satm grid"));
         let leftovers: Vec<_> = std::fs::read_dir(p)
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().starts_with(".satm-tmp"))
             .collect();
-        assert!(
-            leftovers.is_empty(),
-            "half-written files left: {leftovers:?}"
-        );
+        assert!(leftovers.is_empty(), "half-written files left: {leftovers:?}");
     }
     let o = satm(d.path(), &["grid", "status", "g"]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("2 points: 0 done, 2 missing"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2 points: 0 done, 2 missing"), "{}", text(&o));
     // Rerunning resumes them (the script sees its earlier state) and finishes.
     let o = satm(d.path(), &["grid", "g", "-j", "2"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -597,10 +376,7 @@ fn slurm_probe() -> &'static Result<(), String> {
     PROBE.get_or_init(|| match Command::new("sinfo").arg("-h").output() {
         Err(e) => Err(format!("sinfo: {e}")),
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "sinfo failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
+        Ok(o) => Err(format!("sinfo failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
     })
 }
 
@@ -611,9 +387,7 @@ fn slurm_available(test: &str) -> bool {
         Err(why) => why,
     };
     if std::env::var("SATM_SLURM").as_deref() == Ok("1") {
-        panic!(
-            "SATM_SLURM=1 but Slurm does not work ({why}); start it with: bash tools/slurm_local.sh start"
-        );
+        panic!("SATM_SLURM=1 but Slurm does not work ({why}); start it with: bash tools/slurm_local.sh start");
     }
     // Straight to the stderr handle: eprintln! output of a passing test is captured and never shown.
     let msg = format!(
@@ -624,10 +398,7 @@ fn slurm_available(test: &str) -> bool {
 }
 
 fn squeue_state(task: &str) -> String {
-    let o = Command::new("squeue")
-        .args(["-h", "-j", task, "-o", "%T"])
-        .output()
-        .unwrap();
+    let o = Command::new("squeue").args(["-h", "-j", task, "-o", "%T"]).output().unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
@@ -638,43 +409,19 @@ fn grid_real_slurm_job_array_collects_the_same_table_as_local() {
     }
     let d = tmp();
     std::fs::write(d.path().join("t.rhai"), TABLE_SCRIPT).unwrap();
-    let common = [
-        "grid",
-        "t.rhai",
-        "--over",
-        "fold=0..2",
-        "--over",
-        "arm=ensemble",
-    ];
+    let common = ["grid", "t.rhai", "--over", "fold=0..2", "--over", "arm=ensemble"];
     let mut slurm_args = common.to_vec();
-    slurm_args.extend([
-        "--dir",
-        "gs",
-        "--executor",
-        "slurm",
-        "--profile",
-        "local",
-        "--wait",
-    ]);
+    slurm_args.extend(["--dir", "gs", "--executor", "slurm", "--profile", "local", "--wait"]);
     let o = satm(d.path(), &slurm_args);
     assert!(o.status.success(), "{}", text(&o));
     let g = read_json(&d.path().join("gs/grid.json"));
-    let job = g["slurm"]["submissions"][0]["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job = g["slurm"]["submissions"][0]["job_id"].as_str().unwrap().to_string();
     assert_eq!(g["slurm"]["submissions"][0]["array"], "0-2");
     let sbatch = std::fs::read_to_string(d.path().join("gs/job.sbatch")).unwrap();
-    assert!(
-        sbatch.contains("#SBATCH --array=0-2") && sbatch.contains("#SBATCH --requeue"),
-        "{sbatch}"
-    );
+    assert!(sbatch.contains("#SBATCH --array=0-2") && sbatch.contains("#SBATCH --requeue"), "{sbatch}");
     // Every point really ran as an array task of that job.
     for i in 0..3 {
-        let done = read_json(
-            &d.path()
-                .join(format!("gs/points/fold={i},arm=ensemble/done")),
-        );
+        let done = read_json(&d.path().join(format!("gs/points/fold={i},arm=ensemble/done")));
         assert_eq!(done["slurm_job"], format!("{job}_{i}"));
         assert!(d.path().join(format!("gs/slurm/{job}_{i}.out")).exists());
     }
@@ -693,11 +440,7 @@ fn grid_real_slurm_job_array_collects_the_same_table_as_local() {
 
     // Resubmitting a finished grid submits nothing.
     let o = satm(d.path(), &["grid", "submit", "gs"]);
-    assert!(
-        o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nothing to submit"),
-        "{}",
-        text(&o)
-    );
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nothing to submit"), "{}", text(&o));
 }
 
 #[test]
@@ -709,62 +452,24 @@ fn grid_real_slurm_sigterm_checkpoints_requeues_and_resumes() {
     std::fs::write(d.path().join("t.rhai"), RESUMABLE_SCRIPT).unwrap();
     let o = satm(
         d.path(),
-        &[
-            "grid",
-            "t.rhai",
-            "--over",
-            "fold=7..7",
-            "--dir",
-            "g",
-            "--executor",
-            "slurm",
-            "--cpus-per-task",
-            "1",
-        ],
+        &["grid", "t.rhai", "--over", "fold=7..7", "--dir", "g", "--executor", "slurm", "--cpus-per-task", "1"],
     );
     assert!(o.status.success(), "{}", text(&o));
     let job = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let task = format!("{job}_0");
     let p = d.path().join("g/points/fold=7");
-    wait_until(
-        "the task to start the point",
-        Duration::from_secs(60),
-        || std::fs::read_to_string(p.join("results.json")).is_ok_and(|s| s.contains("started")),
-    );
+    wait_until("the task to start the point", Duration::from_secs(60), || {
+        std::fs::read_to_string(p.join("results.json")).is_ok_and(|s| s.contains("started"))
+    });
     // What Slurm does before a time limit (--signal=B:TERM@60): SIGTERM to the batch process only.
-    let o = Command::new("scancel")
-        .args(["--batch", "--signal=TERM", &task])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "scancel: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    wait_until(
-        "the task to requeue itself",
-        Duration::from_secs(30),
-        || squeue_state(&task) == "PENDING",
-    );
-    assert!(
-        !p.join("failed").exists() && !p.join("done").exists(),
-        "an interrupted point is neither failed nor done"
-    );
+    let o = Command::new("scancel").args(["--batch", "--signal=TERM", &task]).output().unwrap();
+    assert!(o.status.success(), "scancel: {}", String::from_utf8_lossy(&o.stderr));
+    wait_until("the task to requeue itself", Duration::from_secs(30), || squeue_state(&task) == "PENDING");
+    assert!(!p.join("failed").exists() && !p.join("done").exists(), "an interrupted point is neither failed nor done");
     // Slurm holds a requeued job for ~2 minutes (BeginTime); release it now.
-    let o = Command::new("scontrol")
-        .args(["update", &format!("JobId={task}"), "StartTime=now"])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "scontrol update: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    wait_until(
-        "the requeued task to finish the point",
-        Duration::from_secs(60),
-        || p.join("done").exists(),
-    );
+    let o = Command::new("scontrol").args(["update", &format!("JobId={task}"), "StartTime=now"]).output().unwrap();
+    assert!(o.status.success(), "scontrol update: {}", String::from_utf8_lossy(&o.stderr));
+    wait_until("the requeued task to finish the point", Duration::from_secs(60), || p.join("done").exists());
     let r = read_json(&p.join("results.json"));
     assert_eq!(r["started"], true);
     assert!(close(&r["value"], 7.0), "{r}");

@@ -1,15 +1,10 @@
 //! Tables (Markdown/CSV snapshots, JSON round trip, saving, merging folds) and PNG plots.
 use satm::core::eval::Confusion;
-use satm::core::report::{
-    Cell, CurveOpts, PlotOpts, Table, plot, plot_confusion, plot_curves, plot_eps,
-};
+use satm::core::report::{Cell, CurveOpts, PlotOpts, Table, plot, plot_confusion, plot_curves, plot_eps};
 use satm::core::train::History;
 
 fn paper_table4() -> Table {
-    let mut t = Table::new(
-        "Table 4. Black-box attacks",
-        &["Target", "Adv model", "Cr", "One-off", "n"],
-    );
+    let mut t = Table::new("Table 4. Black-box attacks", &["Target", "Adv model", "Cr", "One-off", "n"]);
     t.push(vec![
         Cell::text("VGG16-Face"),
         Cell::text("ResNet50-Face"),
@@ -69,12 +64,7 @@ fn json_values_are_numbers_and_round_trip() {
     let back = Table::from_json(&n.to_json()).unwrap();
     assert!(matches!(back.rows[0][0], Cell::Rate { value } if value.is_nan()));
     // A row of the wrong width is rejected.
-    assert!(
-        Table::from_json(
-            r#"{"title":"x","columns":["a","b"],"rows":[[{"type":"empty"}]],"notes":[]}"#
-        )
-        .is_err()
-    );
+    assert!(Table::from_json(r#"{"title":"x","columns":["a","b"],"rows":[[{"type":"empty"}]],"notes":[]}"#).is_err());
 }
 
 #[test]
@@ -87,45 +77,26 @@ fn save_by_extension_or_stem() {
     assert!(!dir.path().join("t.csv").exists());
     let all = t.save(dir.path().join("sub/table4")).unwrap();
     assert_eq!(all.len(), 3);
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("sub/table4.csv")).unwrap(),
-        t.to_csv().unwrap()
-    );
-    let back =
-        Table::from_json(&std::fs::read_to_string(dir.path().join("sub/table4.json")).unwrap())
-            .unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("sub/table4.csv")).unwrap(), t.to_csv().unwrap());
+    let back = Table::from_json(&std::fs::read_to_string(dir.path().join("sub/table4.json")).unwrap()).unwrap();
     assert_eq!(back, t);
     // No temporary files left behind.
     let names: Vec<String> = std::fs::read_dir(dir.path().join("sub"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(
-        names.iter().all(|n| !n.starts_with(".satm-tmp")),
-        "{names:?}"
-    );
+    assert!(names.iter().all(|n| !n.starts_with(".satm-tmp")), "{names:?}");
 }
 
 #[test]
 fn merge_folds_mean_and_sample_std() {
     let fold = |cr: f64, before: f64, after: f64, n: i64| {
         let mut t = Table::new("T", &["Model", "Cr", "Change", "n"]);
-        t.push(vec![
-            Cell::text("A"),
-            Cell::rate(cr),
-            Cell::change(before, after),
-            Cell::int(n),
-        ])
-        .unwrap();
+        t.push(vec![Cell::text("A"), Cell::rate(cr), Cell::change(before, after), Cell::int(n)]).unwrap();
         t.note("eps 16/256");
         t
     };
-    let m = Table::merge_folds(&[
-        fold(0.2, 0.1, 0.5, 10),
-        fold(0.4, 0.3, 0.5, 10),
-        fold(0.6, 0.2, 0.8, 13),
-    ])
-    .unwrap();
+    let m = Table::merge_folds(&[fold(0.2, 0.1, 0.5, 10), fold(0.4, 0.3, 0.5, 10), fold(0.6, 0.2, 0.8, 13)]).unwrap();
     match &m.rows[0][1] {
         Cell::RateMeanStd { mean, std, n } => {
             assert!((mean - 0.4).abs() < 1e-12);
@@ -135,12 +106,7 @@ fn merge_folds_mean_and_sample_std() {
         c => panic!("expected mean ± std, got {c:?}"),
     }
     match &m.rows[0][2] {
-        Cell::RateChange {
-            before,
-            after,
-            before_std: Some(bs),
-            after_std: Some(as_),
-        } => {
+        Cell::RateChange { before, after, before_std: Some(bs), after_std: Some(as_) } => {
             assert!((before - 0.2).abs() < 1e-12 && (after - 0.6).abs() < 1e-12);
             assert!((bs - 0.1).abs() < 1e-12);
             assert!((as_ - 0.1732050807568877).abs() < 1e-12);
@@ -154,9 +120,7 @@ fn merge_folds_mean_and_sample_std() {
     assert_eq!(m.notes.len(), 2);
     let csv = m.to_csv().unwrap();
     assert!(
-        csv.starts_with(
-            "Model,Cr,Cr std,Change before,Change after,Change before std,Change after std,n\n"
-        ),
+        csv.starts_with("Model,Cr,Cr std,Change before,Change after,Change before std,Change after std,n\n"),
         "{csv}"
     );
     // Shapes and labels must agree.
@@ -169,9 +133,7 @@ fn merge_folds_mean_and_sample_std() {
 fn decode(path: &std::path::Path) -> image::RgbImage {
     let bytes = std::fs::read(path).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
-    image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
-        .unwrap()
-        .to_rgb8()
+    image::load_from_memory_with_format(&bytes, image::ImageFormat::Png).unwrap().to_rgb8()
 }
 
 fn ink(img: &image::RgbImage) -> usize {
@@ -184,18 +146,7 @@ fn curves_png_has_expected_size_and_content() {
     for step in 0..20 {
         let s = step as f64 / 20.0;
         for net in ["A", "B"] {
-            h.push(
-                step * 10,
-                0,
-                "train",
-                net,
-                "clean_acc",
-                if net == "A" {
-                    0.3 + 0.6 * s
-                } else {
-                    0.2 + 0.5 * s
-                },
-            );
+            h.push(step * 10, 0, "train", net, "clean_acc", if net == "A" { 0.3 + 0.6 * s } else { 0.2 + 0.5 * s });
             h.push(step * 10, 0, "train", net, "adv_acc", 0.1 + 0.7 * s);
             if step % 5 == 0 {
                 h.push(step * 10, 0, "val", net, "clean_acc", 0.3 + 0.4 * s);
@@ -226,28 +177,11 @@ fn eps_png_has_expected_size() {
     let s = vec![
         (
             "VGG".to_string(),
-            vec![
-                (4.0 / 256.0, 0.12),
-                (8.0 / 256.0, 0.07),
-                (16.0 / 256.0, 0.043),
-                (32.0 / 256.0, 0.0395),
-            ],
+            vec![(4.0 / 256.0, 0.12), (8.0 / 256.0, 0.07), (16.0 / 256.0, 0.043), (32.0 / 256.0, 0.0395)],
         ),
-        (
-            "ResNet".to_string(),
-            vec![(4.0 / 256.0, 0.218), (32.0 / 256.0, 0.043)],
-        ),
+        ("ResNet".to_string(), vec![(4.0 / 256.0, 0.218), (32.0 / 256.0, 0.043)]),
     ];
-    plot_eps(
-        &s,
-        &p,
-        &PlotOpts {
-            width: 640,
-            height: 480,
-            title: String::new(),
-        },
-    )
-    .unwrap();
+    plot_eps(&s, &p, &PlotOpts { width: 640, height: 480, title: String::new() }).unwrap();
     let img = decode(&p);
     assert_eq!(img.dimensions(), (640, 480));
     assert!(ink(&img) > 2000);
@@ -259,24 +193,14 @@ fn confusion_heat_map_colours_follow_the_matrix() {
     let conf = Confusion::from_counts(vec![vec![9, 1, 0], vec![0, 2, 8], vec![5, 0, 5]]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("conf.png");
-    let labels: Vec<String> = ["0-2", "4-6", "8-13"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let o = PlotOpts {
-        width: 500,
-        height: 520,
-        title: String::new(),
-    };
+    let labels: Vec<String> = ["0-2", "4-6", "8-13"].iter().map(|s| s.to_string()).collect();
+    let o = PlotOpts { width: 500, height: 520, title: String::new() };
     plot_confusion(&conf, &labels, &p, &o).unwrap();
     let img = decode(&p);
     assert_eq!(img.dimensions(), (500, 520));
     let (left, top, cell) = plot::confusion_grid(500, 520, 3);
     // Sample each cell near its corner (away from the count text and the border).
-    let px = |i: i32, j: i32| {
-        img.get_pixel((left + j * cell + 4) as u32, (top + i * cell + 4) as u32)
-            .0
-    };
+    let px = |i: i32, j: i32| img.get_pixel((left + j * cell + 4) as u32, (top + i * cell + 4) as u32).0;
     let darkness = |p: [u8; 3]| 765 - (p[0] as i32 + p[1] as i32 + p[2] as i32);
     assert!(darkness(px(0, 0)) > darkness(px(1, 2)) && darkness(px(1, 2)) > darkness(px(2, 0)));
     assert!(darkness(px(2, 0)) > darkness(px(1, 1)));
@@ -315,15 +239,10 @@ fn script_tables_plots_and_record() {
     assert!((out[2].as_float().unwrap() - 0.0722).abs() < 1e-12);
     assert!((out[3].as_float().unwrap() - 0.2).abs() < 1e-12);
     let md = out[4].clone().into_string().unwrap();
-    assert!(
-        md.contains("| VGG | 4.30% → 7.22% | 13.90% → 21.43% | 120 |"),
-        "{md}"
-    );
+    assert!(md.contains("| VGG | 4.30% → 7.22% | 13.90% → 21.43% | 120 |"), "{md}");
     assert!(md.contains("| ResNet | 8.79% | 26.30% ± 1.00 |  |"), "{md}");
-    let results: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("run/results.json")).unwrap(),
-    )
-    .unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/results.json")).unwrap()).unwrap();
     assert_eq!(results["t2"]["rows"][0][1]["before"].as_f64(), Some(0.043));
     assert_eq!(decode(&dir.path().join("c.png")).dimensions(), (300, 320));
     assert_eq!(decode(&dir.path().join("e.png")).dimensions(), (900, 600));

@@ -21,7 +21,8 @@ fn synthetic(n: usize, seed: i64) -> Dataset {
         let _ = imgs.get(i as i64).narrow(1, off, 5).narrow(2, off, 5).fill_(v);
     }
     let images = (imgs.clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8);
-    Dataset::new("synthetic", images, labels, (0..CLASSES).map(|c| format!("c{c}")).collect(), vec![], vec![], vec![]).unwrap()
+    Dataset::new("synthetic", images, labels, (0..CLASSES).map(|c| format!("c{c}")).collect(), vec![], vec![], vec![])
+        .unwrap()
 }
 
 fn net(seed: i64, arch: &str) -> Net {
@@ -287,7 +288,10 @@ fn nan_loss_stops_with_clear_error_and_intact_checkpoint() {
     let ck = satm::core::train::checkpoint::latest(&dir).unwrap();
     for k in 0..2 {
         let saved = Tensor::read_safetensors(ck.join(format!("net{k}.safetensors"))).unwrap();
-        assert!(saved.iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1), "checkpoint holds non-finite weights");
+        assert!(
+            saved.iter().all(|(_, t)| t.isfinite().all().int64_value(&[]) == 1),
+            "checkpoint holds non-finite weights"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,7 @@
 //! One process-wide cancel flag: Ctrl-C sets it, every long operation (rhai's on_progress, training steps, attacks,
 //! evaluation loops, grid executors) polls it and stops cleanly.
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
 static PRESSES: AtomicU32 = AtomicU32::new(0);
@@ -18,15 +18,20 @@ impl std::fmt::Display for Cancelled {
 }
 impl std::error::Error for Cancelled {}
 
-/// Installs the SIGINT handler once. The first Ctrl-C sets the flag; with `hard_exit_on_second`, a second one
-/// while the first is still pending exits at once with 130 (for `satm run`, where nobody else would ask again).
+/// Installs the SIGINT/SIGTERM handler once. The first signal sets the flag (training checkpoints and stops after the
+/// current step; a Slurm time limit or preemption sends SIGTERM); with `hard_exit_on_second`, a second one while the
+/// first is still pending exits at once with 130 (for `satm run`, where nobody else would ask again).
 pub fn install_handler(hard_exit_on_second: bool) {
     INSTALL.call_once(|| {
         let _ = ctrlc::set_handler(move || {
             let n = PRESSES.fetch_add(1, Ordering::SeqCst);
             CANCEL.store(true, Ordering::SeqCst);
             if n == 0 {
-                eprintln!("\nsatm: Ctrl-C — stopping after the current step (press again to abort at once)");
+                if hard_exit_on_second {
+                    eprintln!("\nsatm: interrupted — stopping after the current step (Ctrl-C again aborts at once)");
+                } else {
+                    eprintln!("\nsatm: interrupted — stopping after the current step");
+                }
             } else if hard_exit_on_second {
                 eprintln!("satm: aborted");
                 std::process::exit(130);

@@ -163,12 +163,8 @@ pub fn cuda_devices() -> Vec<CudaDevice> {
             return out;
         }
         let sym = |name: &std::ffi::CStr| libc::dlsym(lib, name.as_ptr());
-        let (init, get, get_name, total) = (
-            sym(c"cuInit"),
-            sym(c"cuDeviceGet"),
-            sym(c"cuDeviceGetName"),
-            sym(c"cuDeviceTotalMem_v2"),
-        );
+        let (init, get, get_name, total) =
+            (sym(c"cuInit"), sym(c"cuDeviceGet"), sym(c"cuDeviceGetName"), sym(c"cuDeviceTotalMem_v2"));
         if init.is_null() || get.is_null() || get_name.is_null() || total.is_null() {
             return out;
         }

@@ -43,11 +43,7 @@ impl Collected {
 
 /// Merges the results of every done point of the grid.
 pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Collected> {
-    let group_keys: Vec<&String> = grid
-        .axes
-        .iter()
-        .filter(|k| k.as_str() != fold_key)
-        .collect();
+    let group_keys: Vec<&String> = grid.axes.iter().filter(|k| k.as_str() != fold_key).collect();
     let has_fold = grid.axes.iter().any(|k| k == fold_key);
     let mut not_done = Vec::new();
     let mut problems = Vec::new();
@@ -59,20 +55,9 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
     for (i, p) in grid.points.iter().enumerate() {
         let gvals: Vec<String> = group_keys
             .iter()
-            .map(|k| {
-                p.params
-                    .iter()
-                    .find(|q| &&q.key == k)
-                    .map(|q| q.raw.clone())
-                    .unwrap_or_default()
-            })
+            .map(|k| p.params.iter().find(|q| &&q.key == k).map(|q| q.raw.clone()).unwrap_or_default())
             .collect();
-        let gname = group_keys
-            .iter()
-            .zip(&gvals)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let gname = group_keys.iter().zip(&gvals).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
         match groups.iter_mut().find(|g| g.0 == gname) {
             Some(g) => g.2.push(i),
             None => groups.push((gname, gvals, vec![i])),
@@ -92,11 +77,7 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
-                problems.push(format!(
-                    "{}: done but {} cannot be read: {e}",
-                    p.name,
-                    path.display()
-                ));
+                problems.push(format!("{}: done but {} cannot be read: {e}", p.name, path.display()));
                 continue;
             }
         };
@@ -109,16 +90,8 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
                 }
                 results.insert(i, m);
             }
-            Ok(_) => problems.push(format!(
-                "{}: {} is not a JSON object",
-                p.name,
-                path.display()
-            )),
-            Err(e) => problems.push(format!(
-                "{}: {} is not valid JSON: {e}",
-                p.name,
-                path.display()
-            )),
+            Ok(_) => problems.push(format!("{}: {} is not a JSON object", p.name, path.display())),
+            Err(e) => problems.push(format!("{}: {} is not valid JSON: {e}", p.name, path.display())),
         }
     }
 
@@ -127,11 +100,7 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
     let mut tables = Vec::new();
     let mut scalar_names = Vec::new();
     for name in &names {
-        let sample = results
-            .values()
-            .find_map(|m| m.get(name))
-            .cloned()
-            .unwrap_or(serde_json::Value::Null);
+        let sample = results.values().find_map(|m| m.get(name)).cloned().unwrap_or(serde_json::Value::Null);
         if is_table(&sample) {
             match merge_named_table(grid, name, &groups, &group_keys, &results, what.as_deref()) {
                 Ok((t, mut probs)) => {
@@ -164,13 +133,11 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
                     match results.get(&i).map(|m| m.get(name)) {
                         Some(Some(v)) => match v.as_f64() {
                             Some(x) => xs.push(x),
-                            None => problems
-                                .push(format!("{}: '{name}' is not a number", grid.points[i].name)),
+                            None => problems.push(format!("{}: '{name}' is not a number", grid.points[i].name)),
                         },
-                        Some(None) => problems.push(format!(
-                            "{}: done but did not record '{name}'",
-                            grid.points[i].name
-                        )),
+                        Some(None) => {
+                            problems.push(format!("{}: done but did not record '{name}'", grid.points[i].name))
+                        }
                         None => {}
                     }
                 }
@@ -190,19 +157,12 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
                     let (m, s) = mean_std(&xs)?;
                     row.extend([Cell::num(m, 4), Cell::num(s, 4)]);
                 }
-                row.push(Cell::Int {
-                    value: xs.len() as i64,
-                });
-                row.push(Cell::Int {
-                    value: members.len() as i64,
-                });
+                row.push(Cell::Int { value: xs.len() as i64 });
+                row.push(Cell::Int { value: members.len() as i64 });
                 t.push(row)?;
             }
         }
-        t.note(
-            what.clone()
-                .unwrap_or_else(|| format!("mean ± sample std (n − 1) over {fold_key}")),
-        );
+        t.note(what.clone().unwrap_or_else(|| format!("mean ± sample std (n − 1) over {fold_key}")));
         tables.push(("scalars".to_string(), t));
     }
     if !not_done.is_empty() {
@@ -210,21 +170,11 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
             t.note(format!(
                 "points not done ({}): {}",
                 not_done.len(),
-                not_done
-                    .iter()
-                    .map(|s| s.split(": ").next().unwrap_or(s))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                not_done.iter().map(|s| s.split(": ").next().unwrap_or(s)).collect::<Vec<_>>().join("; ")
             ));
         }
     }
-    Ok(Collected {
-        tables,
-        not_done,
-        problems,
-        not_merged,
-        fold_key: fold_key.to_string(),
-    })
+    Ok(Collected { tables, not_done, problems, not_merged, fold_key: fold_key.to_string() })
 }
 
 /// One recorded table across the grid: each group's folds merged, the group values as leading columns.
@@ -258,11 +208,7 @@ fn merge_named_table(
                 },
             }
         }
-        let label = if gname.is_empty() {
-            "grid".to_string()
-        } else {
-            gname.clone()
-        };
+        let label = if gname.is_empty() { "grid".to_string() } else { gname.clone() };
         if folds.is_empty() {
             let t = out.get_or_insert_with(Table::default);
             t.notes.push(format!(
@@ -273,26 +219,14 @@ fn merge_named_table(
             continue;
         }
         let (pnames, tables): (Vec<String>, Vec<Table>) = folds.into_iter().unzip();
-        let merged = Table::merge_folds(&tables).with_context(|| {
-            format!(
-                "group {label} (table k is point k of: {})",
-                pnames.join("; ")
-            )
-        })?;
+        let merged = Table::merge_folds(&tables)
+            .with_context(|| format!("group {label} (table k is point k of: {})", pnames.join("; ")))?;
         let t = out.get_or_insert_with(Table::default);
         if t.columns.is_empty() {
             t.title = merged.title.clone();
-            t.columns = group_keys
-                .iter()
-                .map(|k| k.to_string())
-                .chain(merged.columns.iter().cloned())
-                .collect();
+            t.columns = group_keys.iter().map(|k| k.to_string()).chain(merged.columns.iter().cloned()).collect();
         } else if t.columns[group_keys.len()..] != merged.columns[..] {
-            bail!(
-                "group {label} has columns {:?}, others have {:?}",
-                merged.columns,
-                &t.columns[group_keys.len()..]
-            );
+            bail!("group {label} has columns {:?}, others have {:?}", merged.columns, &t.columns[group_keys.len()..]);
         }
         for row in merged.rows {
             let mut r: Vec<Cell> = gvals.iter().map(Cell::text).collect();
@@ -322,16 +256,8 @@ fn merge_named_table(
 
 /// A file name from a record name.
 fn file_stem(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
     if s.is_empty() { "table".into() } else { s }
 }
 
@@ -350,19 +276,13 @@ fn listing(c: &Collected, bullet: &str) -> String {
     if c.not_done.is_empty() {
         s.push_str("All points done.\n");
     } else {
-        s.push_str(&format!(
-            "Points not done ({}), left out of the means:\n",
-            c.not_done.len()
-        ));
+        s.push_str(&format!("Points not done ({}), left out of the means:\n", c.not_done.len()));
         for p in &c.not_done {
             s.push_str(&format!("{bullet}  {p}\n"));
         }
     }
     if !c.not_merged.is_empty() {
-        s.push_str(&format!(
-            "Not merged (neither numbers nor tables): {}\n",
-            c.not_merged.join(", ")
-        ));
+        s.push_str(&format!("Not merged (neither numbers nor tables): {}\n", c.not_merged.join(", ")));
     }
     if !c.problems.is_empty() {
         s.push_str(&format!("Problems ({}):\n", c.problems.len()));

@@ -51,24 +51,19 @@ pub fn check_key(k: &str, flag: &str, whole: &str) -> Result<()> {
         && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !k.starts_with(|c: char| c.is_ascii_digit());
     if !ok {
-        bail!(
-            "{flag} '{whole}': '{k}' is not a valid name (letters, digits, _; not starting with a digit)"
-        );
+        bail!("{flag} '{whole}': '{k}' is not a valid name (letters, digits, _; not starting with a digit)");
     }
     Ok(())
 }
 
 fn parse_int(s: &str, what: &str, whole: &str) -> Result<i64> {
-    s.trim()
-        .parse::<i64>()
-        .with_context(|| format!("--over '{whole}': {what} '{s}' is not an integer"))
+    s.trim().parse::<i64>().with_context(|| format!("--over '{whole}': {what} '{s}' is not an integer"))
 }
 
 /// Parses `key=spec` from `--over`.
 pub fn parse_axis(s: &str) -> Result<Axis> {
-    let (k, spec) = s
-        .split_once('=')
-        .with_context(|| format!("--over '{s}': expected key=values (fold=0..4 or arm=a,b,c)"))?;
+    let (k, spec) =
+        s.split_once('=').with_context(|| format!("--over '{s}': expected key=values (fold=0..4 or arm=a,b,c)"))?;
     let key = k.trim().to_string();
     check_key(&key, "--over", s)?;
     let spec = spec.trim();
@@ -83,9 +78,7 @@ pub fn parse_axis(s: &str) -> Result<Axis> {
             bail!("--over '{s}': the step must be positive, got {step}");
         }
         if b < a {
-            bail!(
-                "--over '{s}': the range {a}..{b} is empty (ranges are inclusive and count up: 0..4 is 0,1,2,3,4)"
-            );
+            bail!("--over '{s}': the range {a}..{b} is empty (ranges are inclusive and count up: 0..4 is 0,1,2,3,4)");
         }
         let n = (b - a) / step + 1;
         if n > 100_000 {
@@ -114,10 +107,7 @@ pub fn cartesian(axes: &[Axis]) -> Result<Vec<Vec<Param>>> {
             bail!("--over: key '{}' is given twice", a.key);
         }
     }
-    let total: usize = axes
-        .iter()
-        .try_fold(1usize, |acc, a| acc.checked_mul(a.values.len()))
-        .unwrap_or(usize::MAX);
+    let total: usize = axes.iter().try_fold(1usize, |acc, a| acc.checked_mul(a.values.len())).unwrap_or(usize::MAX);
     if total > 100_000 {
         bail!("--over: the grid has {total} points, more than 100000");
     }
@@ -127,11 +117,7 @@ pub fn cartesian(axes: &[Axis]) -> Result<Vec<Vec<Param>>> {
         for p in &points {
             for v in &axis.values {
                 let mut q = p.clone();
-                q.push(Param {
-                    key: axis.key.clone(),
-                    raw: v.clone(),
-                    value: typed(v),
-                });
+                q.push(Param { key: axis.key.clone(), raw: v.clone(), value: typed(v) });
                 next.push(q);
             }
         }
@@ -142,11 +128,7 @@ pub fn cartesian(axes: &[Axis]) -> Result<Vec<Vec<Param>>> {
 
 /// The point's name, `k=v,k=v` in axis order (what status and collect print).
 pub fn point_name(params: &[Param]) -> String {
-    params
-        .iter()
-        .map(|p| p.set_arg())
-        .collect::<Vec<_>>()
-        .join(",")
+    params.iter().map(|p| p.set_arg()).collect::<Vec<_>>().join(",")
 }
 
 /// The point's directory name: its name with every byte outside `[A-Za-z0-9._=,+-]` written `%XX`, so a value with a
@@ -183,15 +165,9 @@ mod tests {
 
     #[test]
     fn ranges_are_inclusive_and_stepped() {
-        assert_eq!(
-            parse_axis("fold=0..4").unwrap().values,
-            vec!["0", "1", "2", "3", "4"]
-        );
+        assert_eq!(parse_axis("fold=0..4").unwrap().values, vec!["0", "1", "2", "3", "4"]);
         assert_eq!(parse_axis("e=4..32:4").unwrap().values.len(), 8);
-        assert_eq!(
-            parse_axis("e=-2..=0").unwrap().values,
-            vec!["-2", "-1", "0"]
-        );
+        assert_eq!(parse_axis("e=-2..=0").unwrap().values, vec!["-2", "-1", "0"]);
         assert!(parse_axis("fold=4..0").is_err());
         assert!(parse_axis("fold=0..x").is_err());
         assert!(parse_axis("1x=0..2").is_err());
@@ -210,10 +186,7 @@ mod tests {
 
     #[test]
     fn cartesian_order_and_names() {
-        let axes = vec![
-            parse_axis("fold=0..1").unwrap(),
-            parse_axis("arm=a,b,c").unwrap(),
-        ];
+        let axes = vec![parse_axis("fold=0..1").unwrap(), parse_axis("arm=a,b,c").unwrap()];
         let pts = cartesian(&axes).unwrap();
         assert_eq!(pts.len(), 6);
         let names: Vec<String> = pts.iter().map(|p| point_name(p)).collect();
@@ -225,11 +198,7 @@ mod tests {
 
     #[test]
     fn dir_names_escape_path_characters() {
-        let p = vec![Param {
-            key: "data".into(),
-            raw: "a/b c".into(),
-            value: typed("a/b c"),
-        }];
+        let p = vec![Param { key: "data".into(), raw: "a/b c".into(), value: typed("a/b c") }];
         assert_eq!(dir_name(&p), "data=a%2Fb%20c");
         assert_eq!(dir_name(&[]), "single");
     }

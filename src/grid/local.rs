@@ -46,10 +46,7 @@ pub fn run(
             mp.suspend(|| eprintln!("{line}"));
         }
     };
-    let mut queue = todo
-        .iter()
-        .copied()
-        .collect::<std::collections::VecDeque<_>>();
+    let mut queue = todo.iter().copied().collect::<std::collections::VecDeque<_>>();
     let mut active: Vec<(ChildRun, ProgressBar)> = Vec::new();
     let mut finished = 0usize;
     loop {
@@ -79,15 +76,11 @@ pub fn run(
                 match st.and_then(|st| run.finish(st, true)) {
                     Ok(Outcome::Done { wall_s }) => {
                         summary.done += 1;
-                        say(format!(
-                            "  done        {name} ({wall_s:.1} s, finished before it stopped)"
-                        ));
+                        say(format!("  done        {name} ({wall_s:.1} s, finished before it stopped)"));
                     }
                     Ok(_) => {
                         summary.interrupted += 1;
-                        say(format!(
-                            "  interrupted {name} (stays missing; rerun the grid to resume it)"
-                        ));
+                        say(format!("  interrupted {name} (stays missing; rerun the grid to resume it)"));
                     }
                     Err(e) => say(format!("  error       {name}: {e:#}")),
                 }
@@ -108,10 +101,7 @@ pub fn run(
                     summary.failed += 1;
                     finished += 1;
                     overall.inc(1);
-                    say(format!(
-                        "  failed      {}: could not start: {e:#}",
-                        grid.points[i].name
-                    ));
+                    say(format!("  failed      {}: could not start: {e:#}", grid.points[i].name));
                 }
             }
         }
@@ -135,11 +125,7 @@ pub fn run(
                             summary.done += 1;
                             say(format!("{tag} done   {name} ({wall_s:.1} s)"));
                         }
-                        Ok(Outcome::Failed {
-                            exit_code,
-                            signal,
-                            wall_s,
-                        }) => {
+                        Ok(Outcome::Failed { exit_code, signal, wall_s }) => {
                             summary.failed += 1;
                             let how = match (exit_code, signal) {
                                 (Some(c), _) => format!("exit code {c}"),

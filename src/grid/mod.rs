@@ -181,74 +181,47 @@ pub const GRID_JSON: &str = "grid.json";
 /// Reads GRIDDIR/grid.json.
 pub fn load_grid(dir: &Path) -> Result<GridFile> {
     let path = dir.join(GRID_JSON);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading {} (is {} a grid directory?)",
-            path.display(),
-            dir.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (is {} a grid directory?)", path.display(), dir.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Writes GRIDDIR/grid.json atomically.
 pub fn save_grid(dir: &Path, g: &GridFile) -> Result<()> {
-    fsutil::atomic_write(
-        &dir.join(GRID_JSON),
-        serde_json::to_string_pretty(g)?.as_bytes(),
-    )
+    fsutil::atomic_write(&dir.join(GRID_JSON), serde_json::to_string_pretty(g)?.as_bytes())
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
     }
-    Ok(std::env::current_dir()
-        .context("reading the working directory")?
-        .join(p))
+    Ok(std::env::current_dir().context("reading the working directory")?.join(p))
 }
 
 /// Builds the grid (not yet written) from the command line.
 pub fn build_grid(script: &Path, args: &LaunchArgs, session: &SessionArgs) -> Result<GridFile> {
     let script = absolute(script)?;
-    let bytes =
-        std::fs::read(&script).with_context(|| format!("reading script {}", script.display()))?;
-    let axes = args
-        .over
-        .iter()
-        .map(|s| expand::parse_axis(s))
-        .collect::<Result<Vec<_>>>()?;
+    let bytes = std::fs::read(&script).with_context(|| format!("reading script {}", script.display()))?;
+    let axes = args.over.iter().map(|s| expand::parse_axis(s)).collect::<Result<Vec<_>>>()?;
     let mut base = Vec::new();
     for kv in &session.set {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--set '{kv}': expected key=value"))?;
+        let (k, v) = kv.split_once('=').with_context(|| format!("--set '{kv}': expected key=value"))?;
         let k = k.trim();
         expand::check_key(k, "--set", kv)?;
         if axes.iter().any(|a| a.key == k) {
             bail!("'{k}' is both a --set parameter and a --over axis");
         }
         let raw = v.trim().to_string();
-        base.push(Param {
-            key: k.to_string(),
-            value: expand::typed(&raw),
-            raw,
-        });
+        base.push(Param { key: k.to_string(), value: expand::typed(&raw), raw });
     }
     let seed = session.seed.unwrap_or(0);
     let mut session_args = vec!["--seed".to_string(), seed.to_string()];
-    for (flag, v) in [
-        ("--device", &session.device),
-        ("--precision", &session.precision),
-    ] {
+    for (flag, v) in [("--device", &session.device), ("--precision", &session.precision)] {
         if let Some(v) = v {
             session_args.extend([flag.to_string(), v.clone()]);
         }
@@ -256,10 +229,8 @@ pub fn build_grid(script: &Path, args: &LaunchArgs, session: &SessionArgs) -> Re
     if let Some(t) = session.threads {
         session_args.extend(["--threads".to_string(), t.to_string()]);
     }
-    let script_s = script
-        .to_str()
-        .with_context(|| format!("script path {} is not UTF-8", script.display()))?
-        .to_string();
+    let script_s =
+        script.to_str().with_context(|| format!("script path {} is not UTF-8", script.display()))?.to_string();
     let mut points = Vec::new();
     for (index, params) in expand::cartesian(&axes)?.into_iter().enumerate() {
         let mut run_args = vec!["run".to_string(), script_s.clone()];
@@ -297,28 +268,15 @@ pub fn build_grid(script: &Path, args: &LaunchArgs, session: &SessionArgs) -> Re
 /// The default grid directory: runs/<script stem>/grid-<hash of script path, points and flags>, so repeating a
 /// command resumes its grid and a different grid never lands in the same place.
 fn default_dir(g: &GridFile) -> PathBuf {
-    let stem = g
-        .script
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "grid".into());
-    let key = serde_json::json!([
-        g.script,
-        g.points.iter().map(|p| &p.run_args).collect::<Vec<_>>()
-    ])
-    .to_string();
-    PathBuf::from("runs")
-        .join(stem)
-        .join(format!("grid-{}", &sha256_hex(key.as_bytes())[..8]))
+    let stem = g.script.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());
+    let key = serde_json::json!([g.script, g.points.iter().map(|p| &p.run_args).collect::<Vec<_>>()]).to_string();
+    PathBuf::from("runs").join(stem).join(format!("grid-{}", &sha256_hex(key.as_bytes())[..8]))
 }
 
 /// Every point's state: markers, refined by squeue when the grid has Slurm submissions.
 pub fn point_states(g: &GridFile, dir: &Path) -> Vec<PointState> {
-    let jobs: Vec<String> = g
-        .slurm
-        .as_ref()
-        .map(|s| s.submissions.iter().map(|x| x.job_id.clone()).collect())
-        .unwrap_or_default();
+    let jobs: Vec<String> =
+        g.slurm.as_ref().map(|s| s.submissions.iter().map(|x| x.job_id.clone()).collect()).unwrap_or_default();
     let queue = slurm::queue_states(&jobs);
     g.points
         .iter()
@@ -329,11 +287,8 @@ pub fn point_states(g: &GridFile, dir: &Path) -> Vec<PointState> {
             }
             match queue.as_ref().and_then(|q| q.get(&p.index)) {
                 Some((st, reason)) => match st.as_str() {
-                    "RUNNING" | "COMPLETING" | "CONFIGURING" => {
-                        PointState::Running(format!("slurm {st}"))
-                    }
-                    "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESIZING"
-                    | "SUSPENDED" => {
+                    "RUNNING" | "COMPLETING" | "CONFIGURING" => PointState::Running(format!("slurm {st}")),
+                    "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESIZING" | "SUSPENDED" => {
                         PointState::Queued(format!("slurm {st} {reason}").trim().to_string())
                     }
                     _ => ms,
@@ -358,15 +313,10 @@ fn counts(states: &[PointState]) -> String {
 /// Prints the status table; returns the states.
 fn print_status(g: &GridFile, dir: &Path) -> Vec<PointState> {
     let states = point_states(g, dir);
-    let mut t = crate::core::report::Table::new(
-        format!("grid {}", dir.display()),
-        &["#", "point", "state", "detail"],
-    );
+    let mut t = crate::core::report::Table::new(format!("grid {}", dir.display()), &["#", "point", "state", "detail"]);
     for (p, s) in g.points.iter().zip(&states) {
         let _ = t.push(vec![
-            crate::core::report::Cell::Int {
-                value: p.index as i64,
-            },
+            crate::core::report::Cell::Int { value: p.index as i64 },
             crate::core::report::Cell::text(p.name.clone()),
             crate::core::report::Cell::text(s.label()),
             crate::core::report::Cell::text(s.detail().to_string()),
@@ -393,20 +343,16 @@ fn slurm_profile(args: &LaunchArgs, recorded: Option<&SlurmProfile>) -> Result<S
     let mut p = match &s.profile {
         Some(n) => {
             let path = resolve_profile(n)?;
-            crate::config::load::<SlurmProfile>(&path)
-                .with_context(|| format!("slurm profile {}", path.display()))?
+            crate::config::load::<SlurmProfile>(&path).with_context(|| format!("slurm profile {}", path.display()))?
         }
         None => recorded.cloned().unwrap_or_default(),
     };
     if let Some(c) = s.cpus_per_task {
         p.cpus_per_task = Some(c);
     }
-    for (field, v) in [
-        (&mut p.gres, &s.gres),
-        (&mut p.time, &s.time),
-        (&mut p.partition, &s.partition),
-        (&mut p.account, &s.account),
-    ] {
+    for (field, v) in
+        [(&mut p.gres, &s.gres), (&mut p.time, &s.time), (&mut p.partition, &s.partition), (&mut p.account, &s.account)]
+    {
         if let Some(v) = v {
             *field = Some(v.clone());
         }
@@ -420,10 +366,7 @@ fn slurm_profile(args: &LaunchArgs, recorded: Option<&SlurmProfile>) -> Result<S
 
 /// `satm grid SCRIPT ...` and `satm grid submit GRIDDIR ...`.
 fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
-    let target = args
-        .target
-        .as_ref()
-        .context("give a script (satm grid SCRIPT --over k=a,b) or a grid directory")?;
+    let target = args.target.as_ref().context("give a script (satm grid SCRIPT --over k=a,b) or a grid directory")?;
     if session.out.is_some() {
         bail!("--out is per point; give the grid directory with --dir");
     }
@@ -480,10 +423,7 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
         }
     };
     let dir = absolute(&dir)?;
-    let executor = args
-        .executor
-        .clone()
-        .unwrap_or_else(|| grid.executor.clone());
+    let executor = args.executor.clone().unwrap_or_else(|| grid.executor.clone());
     if executor != "local" && executor != "slurm" {
         bail!("--executor '{executor}': expected local or slurm");
     }
@@ -504,22 +444,13 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
         dir.display(),
         done,
         busy,
-        if failed > 0 {
-            format!(", {failed} failed — add --retry-failed to rerun them")
-        } else {
-            String::new()
-        },
+        if failed > 0 { format!(", {failed} failed — add --retry-failed to rerun them") } else { String::new() },
         todo.len()
     );
     if args.dry_run && executor == "local" {
         for &i in &todo {
             let p = &grid.points[i];
-            println!(
-                "{}  satm {} --out {}",
-                p.name,
-                p.run_args.join(" "),
-                dir.join(&p.dir).display()
-            );
+            println!("{}  satm {} --out {}", p.name, p.run_args.join(" "), dir.join(&p.dir).display());
         }
         return Ok(0);
     }
@@ -536,14 +467,8 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
         cancel::install_handler(false);
         point::install_signal_handlers(false);
         let quiet = session.quiet;
-        let s = local::run(
-            &grid,
-            &dir,
-            &todo,
-            args.jobs.unwrap_or(1),
-            std::time::Duration::from_secs(args.grace),
-            quiet,
-        )?;
+        let s =
+            local::run(&grid, &dir, &todo, args.jobs.unwrap_or(1), std::time::Duration::from_secs(args.grace), quiet)?;
         eprintln!(
             "satm grid: {} done, {} failed, {} interrupted this run; {} were already done",
             s.done, s.failed, s.interrupted, done
@@ -557,20 +482,10 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
     // slurm
     let profile = slurm_profile(args, grid.slurm.as_ref().map(|s| &s.profile))?;
     let exe = std::env::current_exe().context("locating the satm binary")?;
-    let stem = grid
-        .script
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "grid".into());
+    let stem = grid.script.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());
     let job_name: String = format!("satm-{stem}")
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
         .collect();
     if todo.is_empty() {
         eprintln!("satm grid: nothing to submit");
@@ -595,8 +510,7 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
     });
     rec.profile = profile;
     rec.exe = exe;
-    std::fs::create_dir_all(dir.join("slurm"))
-        .with_context(|| format!("creating {}", dir.join("slurm").display()))?;
+    std::fs::create_dir_all(dir.join("slurm")).with_context(|| format!("creating {}", dir.join("slurm").display()))?;
     // grid.json must be complete before any task can start and read it.
     save_grid(&dir, &grid)?;
     let script_path = dir.join("job.sbatch");
@@ -609,10 +523,7 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
             submitted: crate::script::state::timestamp(),
         });
     }
-    grid.history.push(format!(
-        "{}: submitted slurm job {job_id} (array {array})",
-        crate::script::state::timestamp()
-    ));
+    grid.history.push(format!("{}: submitted slurm job {job_id} (array {array})", crate::script::state::timestamp()));
     save_grid(&dir, &grid)?;
     println!("{job_id}");
     eprintln!(
@@ -624,11 +535,7 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
         cancel::install_handler(false);
         slurm::wait_for(&[job_id])?;
         let states = print_status(&grid, &dir);
-        return Ok(if states.iter().all(|s| *s == PointState::Done) {
-            0
-        } else {
-            1
-        });
+        return Ok(if states.iter().all(|s| *s == PointState::Done) { 0 } else { 1 });
     }
     Ok(0)
 }
@@ -638,34 +545,20 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
 fn run_point(dir: &Path, index: usize) -> Result<i32> {
     let dir = absolute(dir)?;
     let grid = load_grid(&dir)?;
-    let spec = grid.points.get(index).with_context(|| {
-        format!(
-            "{} has {} points, no point {index}",
-            dir.display(),
-            grid.points.len()
-        )
-    })?;
+    let spec = grid
+        .points
+        .get(index)
+        .with_context(|| format!("{} has {} points, no point {index}", dir.display(), grid.points.len()))?;
     let pdir = dir.join(&spec.dir);
     if point::marker_state(&pdir) == PointState::Done {
-        eprintln!(
-            "satm grid: point {index} ({}) is already done; skipping",
-            spec.name
-        );
+        eprintln!("satm grid: point {index} ({}) is already done; skipping", spec.name);
         return Ok(0);
     }
     point::install_signal_handlers(true);
-    let profile = grid
-        .slurm
-        .as_ref()
-        .map(|s| s.profile.clone())
-        .unwrap_or_default();
+    let profile = grid.slurm.as_ref().map(|s| s.profile.clone()).unwrap_or_default();
     // Leave room before Slurm's own kill at the time limit.
     let grace = std::time::Duration::from_secs((u64::from(profile.signal_seconds) * 3 / 4).max(5));
-    eprintln!(
-        "satm grid: point {index} ({}) in {}",
-        spec.name,
-        pdir.display()
-    );
+    eprintln!("satm grid: point {index} ({}) in {}", spec.name, pdir.display());
     let mut run = point::ChildRun::spawn(&grid, &dir, index, true)?;
     let (status, interrupted) = loop {
         if let Some(st) = run.try_wait()? {
@@ -687,17 +580,11 @@ fn run_point(dir: &Path, index: usize) -> Result<i32> {
             Ok(0)
         }
         point::Outcome::Failed { exit_code, .. } => {
-            eprintln!(
-                "satm grid: point {index} failed (see {})",
-                pdir.join(point::LOG).display()
-            );
+            eprintln!("satm grid: point {index} failed (see {})", pdir.join(point::LOG).display());
             Ok(exit_code.filter(|c| *c != 0).unwrap_or(1))
         }
         point::Outcome::Interrupted { .. } => {
-            let restarts: u32 = std::env::var("SLURM_RESTART_COUNT")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
+            let restarts: u32 = std::env::var("SLURM_RESTART_COUNT").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
             if point::got_sigterm() && std::env::var_os("SLURM_JOB_ID").is_some() {
                 if restarts < profile.max_requeues {
                     match slurm::requeue_self() {
@@ -709,9 +596,7 @@ fn run_point(dir: &Path, index: usize) -> Result<i32> {
                         Err(e) => eprintln!("satm grid: could not requeue: {e:#}"),
                     }
                 } else {
-                    eprintln!(
-                        "satm grid: not requeueing: already restarted {restarts} times (max_requeues)"
-                    );
+                    eprintln!("satm grid: not requeueing: already restarted {restarts} times (max_requeues)");
                 }
             }
             Ok(if point::got_sigterm() { 143 } else { 130 })
@@ -735,15 +620,9 @@ fn collect_cmd(dir: &Path, fold_key: &str, strict: bool, out: Option<&Path>) -> 
     }
     let c = collect::collect(&g, dir, fold_key)?;
     print!("{}", collect::render_text(&c));
-    let out = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| dir.join("collected"));
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| dir.join("collected"));
     let files = collect::save(&c, &out)?;
-    eprintln!(
-        "satm grid: wrote {} files to {}",
-        files.len(),
-        out.display()
-    );
+    eprintln!("satm grid: wrote {} files to {}", files.len(), out.display());
     Ok(if strict && !c.complete() { 3 } else { 0 })
 }
 
@@ -752,19 +631,12 @@ fn collect_cmd(dir: &Path, fold_key: &str, strict: bool, out: Option<&Path>) -> 
 pub fn main(args: &GridArgs, session: &SessionArgs) -> i32 {
     let res = match &args.action {
         Some(GridCmd::Status { dir }) => status(dir),
-        Some(GridCmd::Collect {
-            dir,
-            fold_key,
-            strict,
-        }) => collect_cmd(dir, fold_key, *strict, session.out.as_deref()),
+        Some(GridCmd::Collect { dir, fold_key, strict }) => collect_cmd(dir, fold_key, *strict, session.out.as_deref()),
         Some(GridCmd::Submit(l)) => {
             if l.target.as_ref().is_some_and(|t| !t.is_dir()) {
                 Err(anyhow::anyhow!(
                     "satm grid submit takes a grid directory, got {}",
-                    l.target
-                        .as_ref()
-                        .map(|t| t.display().to_string())
-                        .unwrap_or_default()
+                    l.target.as_ref().map(|t| t.display().to_string()).unwrap_or_default()
                 ))
             } else {
                 launch(l, session)

@@ -86,26 +86,19 @@ impl PointState {
     pub fn detail(&self) -> &str {
         match self {
             PointState::Done => "",
-            PointState::Running(s)
-            | PointState::Queued(s)
-            | PointState::Failed(s)
-            | PointState::Missing(s) => s,
+            PointState::Running(s) | PointState::Queued(s) | PointState::Failed(s) | PointState::Missing(s) => s,
         }
     }
 }
 
 /// This machine's host name (for markers; a pid only means something on its own host).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
 /// `jobid_taskid` when running as a Slurm array task.
 pub fn slurm_job() -> Option<String> {
-    let job = std::env::var("SLURM_ARRAY_JOB_ID")
-        .or_else(|_| std::env::var("SLURM_JOB_ID"))
-        .ok()?;
+    let job = std::env::var("SLURM_ARRAY_JOB_ID").or_else(|_| std::env::var("SLURM_JOB_ID")).ok()?;
     match std::env::var("SLURM_ARRAY_TASK_ID") {
         Ok(t) => Some(format!("{job}_{t}")),
         Err(_) => Some(job),
@@ -128,10 +121,7 @@ fn pid_alive_with(pid: u32, needle: &str) -> bool {
         return false;
     };
     // The state is the first field after the parenthesised command name.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or("?");
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?");
     if state == "Z" || state == "X" {
         return false;
     }
@@ -147,10 +137,7 @@ pub fn marker_state(dir: &Path) -> PointState {
     }
     if let Some(r) = read_json::<RunningMarker>(&dir.join(RUNNING)) {
         let here = hostname();
-        let needle = dir
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let needle = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         if r.host == here && pid_alive_with(r.pid, &needle) {
             return PointState::Running(format!("pid {} on {}", r.pid, r.host));
         }
@@ -159,16 +146,10 @@ pub fn marker_state(dir: &Path) -> PointState {
                 "pid {} on {}{} (another host; cannot check)",
                 r.pid,
                 r.host,
-                r.slurm_job
-                    .as_deref()
-                    .map(|j| format!(", slurm {j}"))
-                    .unwrap_or_default()
+                r.slurm_job.as_deref().map(|j| format!(", slurm {j}")).unwrap_or_default()
             ));
         }
-        return PointState::Missing(format!(
-            "interrupted (started {}, its process is gone)",
-            r.started
-        ));
+        return PointState::Missing(format!("interrupted (started {}, its process is gone)", r.started));
     }
     if let Some(f) = read_json::<FailedMarker>(&dir.join(FAILED)) {
         let how = match (f.exit_code, f.signal) {
@@ -176,19 +157,8 @@ pub fn marker_state(dir: &Path) -> PointState {
             (None, Some(s)) => format!("killed by signal {s}"),
             _ => "unknown exit".into(),
         };
-        let last = f
-            .output_tail
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        return PointState::Failed(if last.is_empty() {
-            how
-        } else {
-            format!("{how}: {last}")
-        });
+        let last = f.output_tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        return PointState::Failed(if last.is_empty() { how } else { format!("{how}: {last}") });
     }
     if dir.join(FAILED).exists() {
         return PointState::Failed("unreadable failed marker".into());
@@ -275,23 +245,17 @@ impl ChildRun {
             .get(index)
             .with_context(|| format!("grid has {} points, no point {index}", grid.points.len()))?;
         let dir = point_dir(grid, grid_dir, index);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating run directory {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating run directory {}", dir.display()))?;
         let exe = std::env::current_exe().context("locating the satm binary")?;
         let mut cmd = Command::new(&exe);
         cmd.args(&spec.run_args).arg("--out").arg(&dir);
-        cmd.current_dir(&grid.cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.current_dir(&grid.cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.process_group(0);
         if dir.join(FAILED).exists() {
             std::fs::remove_file(dir.join(FAILED))
                 .with_context(|| format!("removing old {}", dir.join(FAILED).display()))?;
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {} for point {}", exe.display(), spec.name))?;
+        let mut child = cmd.spawn().with_context(|| format!("starting {} for point {}", exe.display(), spec.name))?;
         let marker = RunningMarker {
             pid: child.id(),
             host: hostname(),
@@ -303,44 +267,23 @@ impl ChildRun {
             let _ = child.wait();
             return Err(e);
         }
-        let tail = Arc::new(Mutex::new(Tail {
-            buf: Vec::new(),
-            cap: LOG_KEEP,
-        }));
+        let tail = Arc::new(Mutex::new(Tail { buf: Vec::new(), cap: LOG_KEEP }));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
             let t = tail.clone();
-            let tee: Option<Box<dyn Write + Send>> = if tee {
-                Some(Box::new(std::io::stdout()))
-            } else {
-                None
-            };
+            let tee: Option<Box<dyn Write + Send>> = if tee { Some(Box::new(std::io::stdout())) } else { None };
             readers.push(std::thread::spawn(move || pump(out, t, tee)));
         }
         if let Some(err) = child.stderr.take() {
             let t = tail.clone();
-            let tee: Option<Box<dyn Write + Send>> = if tee {
-                Some(Box::new(std::io::stderr()))
-            } else {
-                None
-            };
+            let tee: Option<Box<dyn Write + Send>> = if tee { Some(Box::new(std::io::stderr())) } else { None };
             readers.push(std::thread::spawn(move || pump(err, t, tee)));
         }
-        Ok(ChildRun {
-            child,
-            tail,
-            readers,
-            started: Instant::now(),
-            dir,
-            index,
-            name: spec.name.clone(),
-        })
+        Ok(ChildRun { child, tail, readers, started: Instant::now(), dir, index, name: spec.name.clone() })
     }
 
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        self.child
-            .try_wait()
-            .with_context(|| format!("waiting for point {}", self.name))
+        self.child.try_wait().with_context(|| format!("waiting for point {}", self.name))
     }
 
     pub fn elapsed_s(&self) -> f64 {
@@ -373,11 +316,7 @@ impl ChildRun {
             self.name,
             status,
             wall_s,
-            if interrupted {
-                " (interrupted by satm grid)"
-            } else {
-                ""
-            }
+            if interrupted { " (interrupted by satm grid)" } else { "" }
         ));
         fsutil::atomic_write(&self.dir.join(LOG), log.as_bytes())?;
         let outcome = if interrupted && !status.success() {
@@ -394,9 +333,7 @@ impl ChildRun {
             Outcome::Done { wall_s }
         } else {
             let start = text.len().saturating_sub(FAILED_TAIL);
-            let start = (start..text.len())
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(text.len());
+            let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
             let m = FailedMarker {
                 exit_code: status.code(),
                 signal: status.signal(),
@@ -407,11 +344,7 @@ impl ChildRun {
                 output_tail: text[start..].to_string(),
             };
             write_json(&self.dir.join(FAILED), &m)?;
-            Outcome::Failed {
-                exit_code: status.code(),
-                signal: status.signal(),
-                wall_s,
-            }
+            Outcome::Failed { exit_code: status.code(), signal: status.signal(), wall_s }
         };
         let _ = std::fs::remove_file(self.dir.join(RUNNING));
         Ok(outcome)
@@ -466,7 +399,5 @@ pub fn stop_child(run: &mut ChildRun, grace: std::time::Duration) -> Result<Exit
         }
     }
     run.signal(libc::SIGKILL);
-    run.child
-        .wait()
-        .with_context(|| format!("waiting for point {}", run.name))
+    run.child.wait().with_context(|| format!("waiting for point {}", run.name))
 }

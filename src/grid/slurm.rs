@@ -56,11 +56,7 @@ impl Default for SlurmProfile {
 }
 
 fn check_token(field: &str, v: &str, extra_ok: &str) -> Result<()> {
-    if v.is_empty()
-        || !v
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || extra_ok.contains(c))
-    {
+    if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || extra_ok.contains(c)) {
         bail!("slurm {field} '{v}': only letters, digits and '{extra_ok}' are allowed");
     }
     Ok(())
@@ -77,9 +73,7 @@ impl SlurmProfile {
         }
         if let Some(t) = &self.time {
             check_token("time", t, ":-")?;
-            if !t.chars().next().is_some_and(|c| c.is_ascii_digit())
-                || t.chars().any(|c| c.is_ascii_alphabetic())
-            {
+            if !t.chars().next().is_some_and(|c| c.is_ascii_digit()) || t.chars().any(|c| c.is_ascii_alphabetic()) {
                 bail!("slurm time '{t}': expected HH:MM:SS, D-HH:MM:SS or minutes");
             }
         }
@@ -97,9 +91,7 @@ impl SlurmProfile {
         }
         for e in &self.extra {
             if !e.starts_with("--") || e.contains(['\n', '\r', ' ', '\t']) {
-                bail!(
-                    "slurm extra '{e}': each entry is one sbatch option like \"--qos=normal\" (no spaces)"
-                );
+                bail!("slurm extra '{e}': each entry is one sbatch option like \"--qos=normal\" (no spaces)");
             }
         }
         for l in &self.setup {
@@ -120,11 +112,7 @@ pub fn array_spec(indices: &[usize], max_parallel: Option<u32>) -> String {
         while j + 1 < indices.len() && indices[j + 1] == indices[j] + 1 {
             j += 1;
         }
-        parts.push(if j == i {
-            indices[i].to_string()
-        } else {
-            format!("{}-{}", indices[i], indices[j])
-        });
+        parts.push(if j == i { indices[i].to_string() } else { format!("{}-{}", indices[i], indices[j]) });
         i = j + 1;
     }
     let mut s = parts.join(",");
@@ -150,9 +138,7 @@ pub fn job_script(
 ) -> Result<String> {
     p.validate()?;
     for (what, path) in [("grid directory", grid_dir), ("working directory", cwd)] {
-        let s = path
-            .to_str()
-            .with_context(|| format!("{what} {} is not UTF-8", path.display()))?;
+        let s = path.to_str().with_context(|| format!("{what} {} is not UTF-8", path.display()))?;
         if s.contains(char::is_whitespace) || s.contains(['%', '\'', '"']) {
             bail!(
                 "the slurm executor needs a {what} without spaces, quotes or '%' (#SBATCH lines cannot quote), got '{s}'"
@@ -162,7 +148,10 @@ pub fn job_script(
     let gd = grid_dir.display();
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
-    s.push_str(&format!("# satm {} grid job array: one task per grid point. Written by `satm grid`; rerun it rather than editing.\n", crate::VERSION));
+    s.push_str(&format!(
+        "# satm {} grid job array: one task per grid point. Written by `satm grid`; rerun it rather than editing.\n",
+        crate::VERSION
+    ));
     s.push_str(&format!("#SBATCH --job-name={job_name}\n"));
     s.push_str(&format!("#SBATCH --array={array}\n"));
     s.push_str(&format!("#SBATCH --output={gd}/slurm/%A_%a.out\n"));
@@ -214,9 +203,7 @@ pub fn job_script(
 
 /// Whether a Slurm command exists on PATH.
 pub fn have(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file())).unwrap_or(false)
 }
 
 /// Submits `script` with `sbatch --parsable`; returns the job id.
@@ -227,21 +214,13 @@ pub fn submit(script: &Path) -> Result<String> {
         .output()
         .context("running sbatch (is Slurm installed and on PATH?)")?;
     if !out.status.success() {
-        bail!(
-            "sbatch {} failed ({}): {}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("sbatch {} failed ({}): {}", script.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     let text = String::from_utf8_lossy(&out.stdout);
     // --parsable prints "jobid" or "jobid;cluster".
     let id = text.trim().split(';').next().unwrap_or("").to_string();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-        bail!(
-            "sbatch --parsable printed '{}', expected a job id",
-            text.trim()
-        );
+        bail!("sbatch --parsable printed '{}', expected a job id", text.trim());
     }
     Ok(id)
 }
@@ -252,19 +231,12 @@ pub fn queue_states(job_ids: &[String]) -> Option<BTreeMap<usize, (String, Strin
     if job_ids.is_empty() || !have("squeue") {
         return None;
     }
-    let out = Command::new("squeue")
-        .args(["-h", "-r", "-o", "%K|%T|%r", "-j", &job_ids.join(",")])
-        .output()
-        .ok()?;
+    let out = Command::new("squeue").args(["-h", "-r", "-o", "%K|%T|%r", "-j", &job_ids.join(",")]).output().ok()?;
     let mut m = BTreeMap::new();
     if !out.status.success() {
         // Finished jobs drop out of squeue after MinJobAge; asking for them is an error, not an unknown queue.
         let err = String::from_utf8_lossy(&out.stderr);
-        return if err.contains("Invalid job id") {
-            Some(m)
-        } else {
-            None
-        };
+        return if err.contains("Invalid job id") { Some(m) } else { None };
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let mut f = line.split('|');
@@ -281,10 +253,8 @@ pub fn queue_states(job_ids: &[String]) -> Option<BTreeMap<usize, (String, Strin
 
 /// Whether any task of these jobs is still in the queue (pending, running, completing, requeued).
 pub fn any_queued(job_ids: &[String]) -> Result<bool> {
-    let out = Command::new("squeue")
-        .args(["-h", "-o", "%i", "-j", &job_ids.join(",")])
-        .output()
-        .context("running squeue")?;
+    let out =
+        Command::new("squeue").args(["-h", "-o", "%i", "-j", &job_ids.join(",")]).output().context("running squeue")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("Invalid job id") {
@@ -306,17 +276,10 @@ pub fn wait_for(job_ids: &[String]) -> Result<()> {
 
 /// Asks Slurm to requeue this task (after a SIGTERM) so it resumes from its checkpoint in a new allocation.
 pub fn requeue_self() -> Result<String> {
-    let id = std::env::var("SLURM_JOB_ID")
-        .context("SLURM_JOB_ID is not set (not inside a Slurm job)")?;
-    let out = Command::new("scontrol")
-        .args(["requeue", &id])
-        .output()
-        .context("running scontrol requeue")?;
+    let id = std::env::var("SLURM_JOB_ID").context("SLURM_JOB_ID is not set (not inside a Slurm job)")?;
+    let out = Command::new("scontrol").args(["requeue", &id]).output().context("running scontrol requeue")?;
     if !out.status.success() {
-        bail!(
-            "scontrol requeue {id} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("scontrol requeue {id} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(id)
 }
@@ -340,15 +303,7 @@ mod tests {
             time: Some("02:00:00".into()),
             ..Default::default()
         };
-        let s = job_script(
-            &p,
-            "satm-x",
-            "0-9",
-            Path::new("/g/d"),
-            Path::new("/w"),
-            Path::new("/bin/satm"),
-        )
-        .unwrap();
+        let s = job_script(&p, "satm-x", "0-9", Path::new("/g/d"), Path::new("/w"), Path::new("/bin/satm")).unwrap();
         for line in [
             "#SBATCH --array=0-9",
             "#SBATCH --output=/g/d/slurm/%A_%a.out",
@@ -366,27 +321,11 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected() {
-        let p = SlurmProfile {
-            partition: Some("a b".into()),
-            ..Default::default()
-        };
+        let p = SlurmProfile { partition: Some("a b".into()), ..Default::default() };
         assert!(p.validate().is_err());
-        let p = SlurmProfile {
-            time: Some("1h".into()),
-            ..Default::default()
-        };
+        let p = SlurmProfile { time: Some("1h".into()), ..Default::default() };
         assert!(p.validate().is_err());
         let p = SlurmProfile::default();
-        assert!(
-            job_script(
-                &p,
-                "x",
-                "0",
-                Path::new("/a b"),
-                Path::new("/w"),
-                Path::new("/s")
-            )
-            .is_err()
-        );
+        assert!(job_script(&p, "x", "0", Path::new("/a b"), Path::new("/w"), Path::new("/s")).is_err());
     }
 }

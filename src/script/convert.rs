@@ -15,7 +15,9 @@ pub fn is_cancel(e: &EvalAltResult) -> bool {
     match e {
         EvalAltResult::ErrorTerminated(..) => true,
         EvalAltResult::ErrorRuntime(v, _) => v.to_string().contains("cancelled by Ctrl-C"),
-        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => is_cancel(inner),
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => {
+            is_cancel(inner)
+        }
         _ => false,
     }
 }
@@ -160,7 +162,9 @@ impl Opts {
     pub fn str_or(&self, key: &str, default: &str) -> RResult<String> {
         match self.raw(key) {
             None => Ok(default.to_string()),
-            Some(v) => v.clone().into_immutable_string().map(|s| s.to_string()).map_err(|_| self.bad(key, "a string", v)),
+            Some(v) => {
+                v.clone().into_immutable_string().map(|s| s.to_string()).map_err(|_| self.bad(key, "a string", v))
+            }
         }
     }
 
@@ -227,11 +231,7 @@ impl Opts {
 
 /// Numbers from scripts: ints and floats both accepted where a float is wanted.
 pub fn to_f64(v: &Dynamic) -> Option<f64> {
-    if let Ok(f) = v.as_float() {
-        Some(f)
-    } else {
-        v.as_int().ok().map(|i| i as f64)
-    }
+    if let Ok(f) = v.as_float() { Some(f) } else { v.as_int().ok().map(|i| i as f64) }
 }
 
 pub fn str_array(v: &[String]) -> Array {

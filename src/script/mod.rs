@@ -44,7 +44,9 @@ pub fn new_engine() -> Engine {
     engine.set_max_string_size(16 << 20);
     engine.set_max_array_size(10_000_000);
     engine.set_max_map_size(1_000_000);
-    engine.on_progress(|_| if crate::core::cancel::is_cancelled() { Some(Dynamic::from("cancelled by Ctrl-C")) } else { None });
+    engine.on_progress(|_| {
+        if crate::core::cancel::is_cancelled() { Some(Dynamic::from("cancelled by Ctrl-C")) } else { None }
+    });
     engine.on_print(|s| println!("{s}"));
     engine.on_debug(|s, src, pos| match src {
         Some(src) => eprintln!("[{src}:{pos}] {s}"),
@@ -63,7 +65,10 @@ pub fn new_engine() -> Engine {
 pub fn parse_set(s: &str) -> Result<(String, Dynamic), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("--set '{s}': expected key=value"))?;
     let k = k.trim();
-    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || k.chars().next().unwrap().is_ascii_digit() {
+    if k.is_empty()
+        || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || k.chars().next().unwrap().is_ascii_digit()
+    {
         return Err(format!("--set '{s}': '{k}' is not a valid name (letters, digits, _; not starting with a digit)"));
     }
     let v = v.trim();
@@ -122,13 +127,18 @@ fn leaf_message(err: &EvalAltResult) -> String {
 fn unwind<'a>(err: &'a EvalAltResult, source: &str, frames: &mut Vec<Frame>) -> &'a EvalAltResult {
     match err {
         EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
-            let note = if name.starts_with("anon$") { "in a closure".to_string() } else { format!("in call to `{name}`") };
+            let note =
+                if name.starts_with("anon$") { "in a closure".to_string() } else { format!("in call to `{name}`") };
             frames.push(Frame { source: source.to_string(), pos: *pos, note });
             let next = if src.is_empty() { source } else { src.as_str() };
             unwind(inner, next, frames)
         }
         EvalAltResult::ErrorInModule(path, inner, pos) => {
-            frames.push(Frame { source: source.to_string(), pos: *pos, note: format!("while loading module `{path}`") });
+            frames.push(Frame {
+                source: source.to_string(),
+                pos: *pos,
+                note: format!("while loading module `{path}`"),
+            });
             unwind(inner, path, frames)
         }
         leaf => {
@@ -152,14 +162,20 @@ pub fn read_named_source(name: &str) -> Option<String> {
 
 /// How an error names a source: modules are imported without their extension (`stdlib/experiment`), shown with it.
 fn display_source(name: &str) -> String {
-    if name.starts_with('<') || Path::new(name).extension().is_some() { name.to_string() } else { format!("{name}.rhai") }
+    if name.starts_with('<') || Path::new(name).extension().is_some() {
+        name.to_string()
+    } else {
+        format!("{name}.rhai")
+    }
 }
 
 /// `file:line:col: error: message`, the source line and a caret under the column. Errors raised inside a function
 /// (defined in the script or in an imported module) point at the call in the user's file, then show each inner
 /// location with its own source line.
 pub fn format_error(err: &EvalAltResult, source: &str, file: &str) -> String {
-    format_error_with(err, file, &|name: &str| if name == file { Some(source.to_string()) } else { read_named_source(name) })
+    format_error_with(err, file, &|name: &str| {
+        if name == file { Some(source.to_string()) } else { read_named_source(name) }
+    })
 }
 
 /// [`format_error`] with a caller-supplied way to find the text of a named source (the REPL keeps earlier inputs).
@@ -173,7 +189,9 @@ pub fn format_error_with(err: &EvalAltResult, file: &str, lookup: &dyn Fn(&str) 
     };
     let width = frames.iter().filter_map(|f| f.pos.line()).max().unwrap_or(1).to_string().len();
     let pad = " ".repeat(width);
-    let loc = |f: &Frame| format!("{}:{}:{}", display_source(&f.source), f.pos.line().unwrap_or(0), f.pos.position().unwrap_or(1));
+    let loc = |f: &Frame| {
+        format!("{}:{}:{}", display_source(&f.source), f.pos.line().unwrap_or(0), f.pos.position().unwrap_or(1))
+    };
     let mut out = format!("{}: error: {msg}", loc(first));
     for (i, f) in frames.iter().enumerate() {
         if i > 0 {
@@ -203,6 +221,7 @@ pub fn run_source(engine: &Engine, source: &str, file: &str, scope: &mut Scope) 
 
 /// Reads and runs a script file.
 pub fn run_file(engine: &Engine, path: &Path, scope: &mut Scope) -> Result<Dynamic, String> {
-    let source = std::fs::read_to_string(path).map_err(|e| format!("{}: error: cannot read script: {e}", path.display()))?;
+    let source =
+        std::fs::read_to_string(path).map_err(|e| format!("{}: error: cannot read script: {e}", path.display()))?;
     run_source(engine, &source, &path.display().to_string(), scope)
 }

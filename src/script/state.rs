@@ -71,8 +71,7 @@ pub fn out_dir() -> anyhow::Result<PathBuf> {
         }
         s.out_dir.clone().unwrap()
     });
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| anyhow::anyhow!("cannot create run directory {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create run directory {}: {e}", dir.display()))?;
     Ok(dir)
 }
 

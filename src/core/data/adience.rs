@@ -10,16 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The exact age strings of the 8 groups in the fold files.
-pub const STANDARD_AGES: [&str; 8] = [
-    "(0, 2)",
-    "(4, 6)",
-    "(8, 12)",
-    "(15, 20)",
-    "(25, 32)",
-    "(38, 43)",
-    "(48, 53)",
-    "(60, 100)",
-];
+pub const STANDARD_AGES: [&str; 8] =
+    ["(0, 2)", "(4, 6)", "(8, 12)", "(15, 20)", "(25, 32)", "(38, 43)", "(48, 53)", "(60, 100)"];
 
 /// Column names of the fold files, in order.
 pub const COLUMNS: [&str; 12] = [
@@ -53,9 +45,7 @@ impl AgeMapping {
         match s {
             "standard" | "drop" => Ok(AgeMapping::Standard),
             "nearest" => Ok(AgeMapping::Nearest),
-            _ => bail!(
-                "age_mapping '{s}': expected 'standard' (drop non-standard ages) or 'nearest'"
-            ),
+            _ => bail!("age_mapping '{s}': expected 'standard' (drop non-standard ages) or 'nearest'"),
         }
     }
 }
@@ -103,10 +93,7 @@ pub struct AdienceOpts {
 impl Default for AdienceOpts {
     fn default() -> Self {
         AdienceOpts {
-            decode: DecodeOpts {
-                size: 64,
-                ..DecodeOpts::default()
-            },
+            decode: DecodeOpts { size: 64, ..DecodeOpts::default() },
             task: Task::Age,
             age_mapping: AgeMapping::Standard,
             drop_duplicates: false,
@@ -139,10 +126,7 @@ pub fn parse_age(s: &str) -> Result<Age> {
         return Ok(Age::Missing);
     }
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
-        return Ok(Age::Years(
-            s.parse()
-                .with_context(|| format!("age '{s}' is too large"))?,
-        ));
+        return Ok(Age::Years(s.parse().with_context(|| format!("age '{s}' is too large"))?));
     }
     if let Some(inner) = s.strip_prefix('(').and_then(|r| r.strip_suffix(')'))
         && let Some((a, b)) = inner.split_once(',')
@@ -159,10 +143,7 @@ pub fn nearest_group(age: &Age) -> Option<usize> {
         Age::Standard(g) => Some(g),
         Age::Years(y) => Some(age_group_nearest(y as f64)),
         Age::Range(a, b) => Some(
-            AGE_RANGES
-                .iter()
-                .position(|r| r.0 == a)
-                .unwrap_or_else(|| age_group_nearest((a as f64 + b as f64) / 2.0)),
+            AGE_RANGES.iter().position(|r| r.0 == a).unwrap_or_else(|| age_group_nearest((a as f64 + b as f64) / 2.0)),
         ),
         Age::Missing => None,
     }
@@ -200,22 +181,13 @@ pub fn fold_file(root: &Path, i: usize) -> PathBuf {
 
 /// Parses one fold file. Every error names the file and the line.
 pub fn read_fold_file(path: &Path, fold: i64) -> Result<Vec<FoldRow>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading fold file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading fold file {}", path.display()))?;
     let mut rows = Vec::new();
     let mut lines = text.split('\n').enumerate();
-    let header = lines
-        .next()
-        .map(|(_, l)| l.trim_end_matches('\r'))
-        .unwrap_or("");
+    let header = lines.next().map(|(_, l)| l.trim_end_matches('\r')).unwrap_or("");
     let cols: Vec<&str> = header.split('\t').map(|c| c.trim()).collect();
     if cols != COLUMNS {
-        bail!(
-            "{} line 1: expected the header {:?}, got {:?}",
-            path.display(),
-            COLUMNS.join("\\t"),
-            header
-        );
+        bail!("{} line 1: expected the header {:?}, got {:?}", path.display(), COLUMNS.join("\\t"), header);
     }
     for (i, line) in lines {
         let n = i + 1;
@@ -226,20 +198,13 @@ pub fn read_fold_file(path: &Path, fold: i64) -> Result<Vec<FoldRow>> {
         let f: Vec<&str> = line.split('\t').collect();
         let at = || format!("{} line {n}", path.display());
         if f.len() != COLUMNS.len() {
-            bail!(
-                "{}: expected {} tab-separated columns, found {}",
-                at(),
-                COLUMNS.len(),
-                f.len()
-            );
+            bail!("{}: expected {} tab-separated columns, found {}", at(), COLUMNS.len(), f.len());
         }
         if f[0].is_empty() || f[1].is_empty() {
             bail!("{}: empty user_id or original_image", at());
         }
-        let face_id: i64 = f[2]
-            .trim()
-            .parse()
-            .with_context(|| format!("{}: face_id '{}' is not an integer", at(), f[2]))?;
+        let face_id: i64 =
+            f[2].trim().parse().with_context(|| format!("{}: face_id '{}' is not an integer", at(), f[2]))?;
         let age = parse_age(f[3]).with_context(at)?;
         rows.push(FoldRow {
             fold,
@@ -292,23 +257,19 @@ pub fn read_folds(root: &Path) -> Result<Vec<FoldRow>> {
 /// The image file of a row.
 pub fn image_path(root: &Path, r: &FoldRow, faces: FaceSet) -> PathBuf {
     match faces {
-        FaceSet::Faces => root.join("faces").join(&r.user_id).join(format!(
-            "coarse_tilt_aligned_face.{}.{}",
-            r.face_id, r.original_image
-        )),
-        FaceSet::Aligned => root.join("aligned").join(&r.user_id).join(format!(
-            "landmark_aligned_face.{}.{}",
-            r.face_id, r.original_image
-        )),
+        FaceSet::Faces => root
+            .join("faces")
+            .join(&r.user_id)
+            .join(format!("coarse_tilt_aligned_face.{}.{}", r.face_id, r.original_image)),
+        FaceSet::Aligned => root
+            .join("aligned")
+            .join(&r.user_id)
+            .join(format!("landmark_aligned_face.{}.{}", r.face_id, r.original_image)),
     }
 }
 
 /// The label of a row under the options, or the reason it is left out.
-fn label_of(
-    r: &FoldRow,
-    o: &AdienceOpts,
-    report: &mut LoadReport,
-) -> std::result::Result<i64, String> {
+fn label_of(r: &FoldRow, o: &AdienceOpts, report: &mut LoadReport) -> std::result::Result<i64, String> {
     match o.task {
         Task::Gender => match r.gender.as_str() {
             "m" => Ok(0),
@@ -322,10 +283,7 @@ fn label_of(
             (a, AgeMapping::Standard) => Err(age_reason(a)),
             (a, AgeMapping::Nearest) => match nearest_group(a) {
                 Some(g) => {
-                    report.note(format!(
-                        "mapped to the nearest group: {}",
-                        age_reason(a).trim_start_matches("age ")
-                    ));
+                    report.note(format!("mapped to the nearest group: {}", age_reason(a).trim_start_matches("age ")));
                     Ok(g as i64)
                 }
                 None => Err(age_reason(a)),
@@ -339,10 +297,7 @@ fn label_of(
 pub fn adience(root: &Path, o: &AdienceOpts) -> Result<Dataset> {
     o.decode.validate()?;
     let rows = read_folds(root)?;
-    let mut report = LoadReport {
-        total: rows.len(),
-        ..Default::default()
-    };
+    let mut report = LoadReport { total: rows.len(), ..Default::default() };
     let mut seen: HashSet<&str> = HashSet::new();
     let mut items = Vec::new();
     for r in &rows {
@@ -354,12 +309,9 @@ pub fn adience(root: &Path, o: &AdienceOpts) -> Result<Dataset> {
             report.note("duplicate lines kept (drop_duplicates: true drops them)");
         }
         match label_of(r, o, &mut report) {
-            Ok(label) => items.push(Item {
-                path: image_path(root, r, o.faces),
-                label,
-                group: r.user_id.clone(),
-                fold: r.fold,
-            }),
+            Ok(label) => {
+                items.push(Item { path: image_path(root, r, o.faces), label, group: r.user_id.clone(), fold: r.fold })
+            }
             Err(reason) => report.drop(reason),
         }
     }
@@ -371,10 +323,7 @@ pub fn adience(root: &Path, o: &AdienceOpts) -> Result<Dataset> {
         Task::Age => "adience",
         Task::Gender => "adience-gender",
     };
-    let policy = FilePolicy {
-        skip_missing: o.skip_missing,
-        skip_bad: o.skip_bad,
-    };
+    let policy = FilePolicy { skip_missing: o.skip_missing, skip_bad: o.skip_bad };
     assemble(name, classes, items, report, &o.decode, policy)
 }
 

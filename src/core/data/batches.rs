@@ -20,24 +20,14 @@ pub struct BatchOpts {
 
 impl Default for BatchOpts {
     fn default() -> Self {
-        BatchOpts {
-            batch_size: 32,
-            shuffle: true,
-            seed: 0,
-            augment: false,
-            drop_last: false,
-            device: Device::Cpu,
-        }
+        BatchOpts { batch_size: 32, shuffle: true, seed: 0, augment: false, drop_last: false, device: Device::Cpu }
     }
 }
 
 impl BatchOpts {
     /// The same options for epoch `e` of a run seeded with `self.seed`: the shuffle and augmentation use `seed + e`.
     pub fn epoch(&self, e: u64) -> BatchOpts {
-        BatchOpts {
-            seed: self.seed.wrapping_add(e),
-            ..self.clone()
-        }
+        BatchOpts { seed: self.seed.wrapping_add(e), ..self.clone() }
     }
 }
 
@@ -88,11 +78,7 @@ impl Batches {
         }
         let images = ds.images.f_to_device(Device::Cpu)?.f_contiguous()?;
         let n = ds.len();
-        let order = if o.shuffle {
-            rng::permutation(n, o.seed, 0)
-        } else {
-            (0..n as i64).collect()
-        };
+        let order = if o.shuffle { rng::permutation(n, o.seed, 0) } else { (0..n as i64).collect() };
         let end = if o.drop_last { n - n % o.batch_size } else { n };
         Ok(Batches {
             images,
@@ -120,8 +106,7 @@ impl Batches {
         let n = self.labels.len();
         // SAFETY: `images` is a contiguous u8 CPU tensor of n * per elements (checked in `new`), kept alive by `self`,
         // and only read here.
-        let all: &[u8] =
-            unsafe { std::slice::from_raw_parts(self.images.data_ptr() as *const u8, n * per) };
+        let all: &[u8] = unsafe { std::slice::from_raw_parts(self.images.data_ptr() as *const u8, n * per) };
         let b = idx.len();
         let mut buf = vec![0u8; b * per];
         for (j, &i) in idx.iter().enumerate() {
@@ -181,14 +166,7 @@ fn draw(r: &mut ChaCha8Rng) -> (bool, isize, isize) {
 
 /// Writes the flipped (optional) and shifted copy of one `[C, H, W]` image into `dst`: output (y, x) reads source
 /// (y + dy, x + dx) of the flipped image, zero outside it (= a crop of the zero-padded image).
-fn augment_item(
-    src: &[u8],
-    dst: &mut [u8],
-    (c, h, w): (usize, usize, usize),
-    flip: bool,
-    dy: isize,
-    dx: isize,
-) {
+fn augment_item(src: &[u8], dst: &mut [u8], (c, h, w): (usize, usize, usize), flip: bool, dy: isize, dx: isize) {
     for ch in 0..c {
         let plane = ch * h * w;
         for y in 0..h {
@@ -218,33 +196,16 @@ fn augment_item(
 pub fn augment(x: &Tensor, r: &mut ChaCha8Rng) -> Result<Tensor> {
     let sz = x.size();
     if sz.len() != 4 || x.kind() != Kind::Uint8 {
-        bail!(
-            "augment: expected u8 [B, C, H, W], got {:?} {sz:?}",
-            x.kind()
-        );
+        bail!("augment: expected u8 [B, C, H, W], got {:?} {sz:?}", x.kind());
     }
-    let (b, c, h, w) = (
-        sz[0] as usize,
-        sz[1] as usize,
-        sz[2] as usize,
-        sz[3] as usize,
-    );
+    let (b, c, h, w) = (sz[0] as usize, sz[1] as usize, sz[2] as usize, sz[3] as usize);
     let per = c * h * w;
     let mut src = vec![0u8; b * per];
-    x.f_to_device(Device::Cpu)?
-        .f_contiguous()?
-        .f_copy_data_u8(&mut src, b * per)?;
+    x.f_to_device(Device::Cpu)?.f_contiguous()?.f_copy_data_u8(&mut src, b * per)?;
     let mut dst = vec![0u8; b * per];
     for i in 0..b {
         let (flip, dy, dx) = draw(r);
-        augment_item(
-            &src[i * per..(i + 1) * per],
-            &mut dst[i * per..(i + 1) * per],
-            (c, h, w),
-            flip,
-            dy,
-            dx,
-        );
+        augment_item(&src[i * per..(i + 1) * per], &mut dst[i * per..(i + 1) * per], (c, h, w), flip, dy, dx);
     }
     Ok(Tensor::f_from_data_size(&dst, &sz, Kind::Uint8)?)
 }

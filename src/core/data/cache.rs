@@ -18,26 +18,16 @@ pub fn default_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SATM_CACHE") {
         return PathBuf::from(d);
     }
-    dirs::cache_dir()
-        .map(|d| d.join("satm").join("data"))
-        .unwrap_or_else(|| PathBuf::from(".satm-cache/data"))
+    dirs::cache_dir().map(|d| d.join("satm").join("data")).unwrap_or_else(|| PathBuf::from(".satm-cache/data"))
 }
 
 /// The hex sha256 of the inputs that decide the decoded pixels: every path with its byte size and mtime, and the
 /// decode options. Labels are not part of it (they are re-read on every load, which is cheap).
 pub fn key(paths: &[PathBuf], opts: &DecodeOpts) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(
-        format!(
-            "satm-decode v1 size={} resize={}\n",
-            opts.size,
-            opts.resize.name()
-        )
-        .as_bytes(),
-    );
+    h.update(format!("satm-decode v1 size={} resize={}\n", opts.size, opts.resize.name()).as_bytes());
     for p in paths {
-        let m =
-            std::fs::metadata(p).with_context(|| format!("reading metadata of {}", p.display()))?;
+        let m = std::fs::metadata(p).with_context(|| format!("reading metadata of {}", p.display()))?;
         let mtime = m
             .modified()
             .ok()
@@ -50,16 +40,8 @@ pub fn key(paths: &[PathBuf], opts: &DecodeOpts) -> Result<String> {
 }
 
 fn file_name(tag: &str, key: &str, n: usize, size: i64) -> String {
-    let tag: String = tag
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let tag: String =
+        tag.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     format!("{tag}-{n}x{size}-{}.bin", &key[..16])
 }
 
@@ -75,10 +57,7 @@ pub fn load(dir: &Path, tag: &str, key: &str, n: usize, size: i64) -> Option<Dec
     match parse(&bytes, n, size) {
         Ok(d) => Some(d),
         Err(e) => {
-            eprintln!(
-                "satm: warning: ignoring damaged data cache {}: {e:#}",
-                path.display()
-            );
+            eprintln!("satm: warning: ignoring damaged data cache {}: {e:#}", path.display());
             None
         }
     }

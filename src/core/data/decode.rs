@@ -19,9 +19,7 @@ impl Resize {
         match s {
             "crop" | "center_crop" => Ok(Resize::CenterCrop),
             "stretch" | "resize" => Ok(Resize::Stretch),
-            _ => bail!(
-                "resize '{s}': expected 'crop' (center crop to square, then resize) or 'stretch'"
-            ),
+            _ => bail!("resize '{s}': expected 'crop' (center crop to square, then resize) or 'stretch'"),
         }
     }
     pub fn name(self) -> &'static str {
@@ -48,13 +46,7 @@ pub struct DecodeOpts {
 
 impl Default for DecodeOpts {
     fn default() -> Self {
-        DecodeOpts {
-            size: 64,
-            resize: Resize::CenterCrop,
-            cache: true,
-            cache_dir: None,
-            threads: 0,
-        }
+        DecodeOpts { size: 64, resize: Resize::CenterCrop, cache: true, cache_dir: None, threads: 0 }
     }
 }
 
@@ -79,9 +71,7 @@ pub fn decode_file(path: &Path, size: i64, resize: Resize) -> Result<Vec<u8>> {
     let s = size as u32;
     // The decoders should not panic on bad data; if one does, it is still this file's error, not a crash.
     let r = std::panic::catch_unwind(|| -> Result<Vec<u8>> {
-        let img = image::ImageReader::open(path)?
-            .with_guessed_format()?
-            .decode()?;
+        let img = image::ImageReader::open(path)?.with_guessed_format()?.decode()?;
         let rgb = img.to_rgb8();
         let (w, h) = rgb.dimensions();
         if w == 0 || h == 0 {
@@ -94,11 +84,8 @@ pub fn decode_file(path: &Path, size: i64, resize: Resize) -> Result<Vec<u8>> {
             }
             _ => rgb,
         };
-        let rgb = if rgb.dimensions() == (s, s) {
-            rgb
-        } else {
-            image::imageops::resize(&rgb, s, s, FilterType::Triangle)
-        };
+        let rgb =
+            if rgb.dimensions() == (s, s) { rgb } else { image::imageops::resize(&rgb, s, s, FilterType::Triangle) };
         let hw = (s * s) as usize;
         let mut out = vec![0u8; 3 * hw];
         for (i, p) in rgb.pixels().enumerate() {
@@ -111,23 +98,13 @@ pub fn decode_file(path: &Path, size: i64, resize: Resize) -> Result<Vec<u8>> {
     match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e).with_context(|| format!("cannot decode image {}", path.display())),
-        Err(_) => bail!(
-            "cannot decode image {}: the decoder panicked (corrupt file?)",
-            path.display()
-        ),
+        Err(_) => bail!("cannot decode image {}: the decoder panicked (corrupt file?)", path.display()),
     }
 }
 
 fn threads(opts: &DecodeOpts, n: usize) -> usize {
-    let avail = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
-    let t = if opts.threads == 0 {
-        avail
-    } else {
-        opts.threads
-    };
+    let avail = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    let t = if opts.threads == 0 { avail } else { opts.threads };
     t.clamp(1, n.max(1))
 }
 
@@ -135,11 +112,7 @@ fn threads(opts: &DecodeOpts, n: usize) -> usize {
 /// (error or counted skip). `tag` names the cache file (the dataset's name).
 pub fn decode_all(tag: &str, paths: &[PathBuf], opts: &DecodeOpts) -> Result<Decoded> {
     opts.validate()?;
-    let key = if opts.cache {
-        Some(cache::key(paths, opts)?)
-    } else {
-        None
-    };
+    let key = if opts.cache { Some(cache::key(paths, opts)?) } else { None };
     let dir = opts.cache_dir.clone().unwrap_or_else(cache::default_dir);
     if let Some(k) = &key
         && let Some(d) = cache::load(&dir, tag, k, paths.len(), opts.size)
@@ -168,11 +141,7 @@ pub fn decode_uncached(paths: &[PathBuf], opts: &DecodeOpts) -> Result<Decoded> 
     let mut failed: Vec<(usize, String)> = Vec::new();
     std::thread::scope(|scope| -> Result<()> {
         let mut handles = Vec::new();
-        for (c, (out, ps)) in buf
-            .chunks_mut(chunk * per)
-            .zip(paths.chunks(chunk))
-            .enumerate()
-        {
+        for (c, (out, ps)) in buf.chunks_mut(chunk * per).zip(paths.chunks(chunk)).enumerate() {
             let resize = opts.resize;
             handles.push(scope.spawn(move || -> Result<Vec<(usize, String)>> {
                 let mut bad = Vec::new();
@@ -187,9 +156,7 @@ pub fn decode_uncached(paths: &[PathBuf], opts: &DecodeOpts) -> Result<Decoded> 
             }));
         }
         for h in handles {
-            let bad = h
-                .join()
-                .map_err(|_| anyhow::anyhow!("a decoder thread panicked"))??;
+            let bad = h.join().map_err(|_| anyhow::anyhow!("a decoder thread panicked"))??;
             failed.extend(bad);
         }
         Ok(())

@@ -20,9 +20,9 @@ pub struct ManifestOpts {
 const IMAGE_EXT: [&str; 4] = ["jpg", "jpeg", "png", "JPG"];
 
 fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        IMAGE_EXT.contains(&e) || IMAGE_EXT.contains(&e.to_ascii_lowercase().as_str())
-    })
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXT.contains(&e) || IMAGE_EXT.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Sorted class names: numerically when every name is an integer, else lexicographically.
@@ -36,11 +36,7 @@ fn sort_classes(mut v: Vec<String>) -> Vec<String> {
 }
 
 /// Maps label names to indices under the given or derived class list.
-fn class_index(
-    found: &BTreeSet<String>,
-    given: &Option<Vec<String>>,
-    what: &str,
-) -> Result<Vec<String>> {
+fn class_index(found: &BTreeSet<String>, given: &Option<Vec<String>>, what: &str) -> Result<Vec<String>> {
     match given {
         Some(c) => {
             let set: BTreeSet<&String> = c.iter().collect();
@@ -67,9 +63,7 @@ fn finish(mut ds: Dataset, o: &ManifestOpts, had_folds: bool) -> Result<Dataset>
 pub fn image_folder(root: &Path, o: &ManifestOpts) -> Result<Dataset> {
     o.decode.validate()?;
     let mut found = BTreeSet::new();
-    for e in std::fs::read_dir(root)
-        .with_context(|| format!("image_folder: listing {}", root.display()))?
-    {
+    for e in std::fs::read_dir(root).with_context(|| format!("image_folder: listing {}", root.display()))? {
         let e = e?;
         if e.path().is_dir() {
             found.insert(e.file_name().to_string_lossy().into_owned());
@@ -78,11 +72,7 @@ pub fn image_folder(root: &Path, o: &ManifestOpts) -> Result<Dataset> {
     if found.is_empty() {
         bail!("image_folder: {} has no class subfolders", root.display());
     }
-    let classes = class_index(
-        &found,
-        &o.classes,
-        &format!("image_folder {}", root.display()),
-    )?;
+    let classes = class_index(&found, &o.classes, &format!("image_folder {}", root.display()))?;
     let mut items = Vec::new();
     for (ci, c) in classes.iter().enumerate() {
         let dir = root.join(c);
@@ -95,27 +85,13 @@ pub fn image_folder(root: &Path, o: &ManifestOpts) -> Result<Dataset> {
             .filter(|p| p.is_file() && is_image(p))
             .collect();
         files.sort();
-        items.extend(files.into_iter().map(|path| Item {
-            path,
-            label: ci as i64,
-            group: String::new(),
-            fold: -1,
-        }));
+        items.extend(files.into_iter().map(|path| Item { path, label: ci as i64, group: String::new(), fold: -1 }));
     }
     if items.is_empty() {
-        bail!(
-            "image_folder: no .jpg/.jpeg/.png images under {}",
-            root.display()
-        );
+        bail!("image_folder: no .jpg/.jpeg/.png images under {}", root.display());
     }
-    let report = LoadReport {
-        total: items.len(),
-        ..Default::default()
-    };
-    let policy = FilePolicy {
-        skip_missing: o.skip_missing,
-        skip_bad: o.skip_bad,
-    };
+    let report = LoadReport { total: items.len(), ..Default::default() };
+    let policy = FilePolicy { skip_missing: o.skip_missing, skip_bad: o.skip_bad };
     let ds = assemble("image_folder", classes, items, report, &o.decode, policy)?;
     finish(ds, o, false)
 }
@@ -140,26 +116,18 @@ pub fn csv_manifest(path: &Path, o: &ManifestOpts) -> Result<Dataset> {
         if i == 0 && rec.get(0).is_some_and(|h| h.eq_ignore_ascii_case("path")) {
             let col = |n: &str| rec.iter().position(|h| h.eq_ignore_ascii_case(n));
             cp = 0;
-            cl = col("label")
-                .with_context(|| format!("{}: the header has no 'label' column", at()))?;
+            cl = col("label").with_context(|| format!("{}: the header has no 'label' column", at()))?;
             cg = col("group");
             cf = col("fold");
-            if let Some(x) = rec.iter().find(|h| {
-                !["path", "label", "group", "fold"].contains(&h.to_ascii_lowercase().as_str())
-            }) {
-                bail!(
-                    "{}: unknown column '{x}' (expected path, label, group, fold)",
-                    at()
-                );
+            if let Some(x) =
+                rec.iter().find(|h| !["path", "label", "group", "fold"].contains(&h.to_ascii_lowercase().as_str()))
+            {
+                bail!("{}: unknown column '{x}' (expected path, label, group, fold)", at());
             }
             continue;
         }
         if rec.len() < 2 || rec.len() > 4 {
-            bail!(
-                "{}: expected path,label[,group[,fold]], found {} columns",
-                at(),
-                rec.len()
-            );
+            bail!("{}: expected path,label[,group[,fold]], found {} columns", at(), rec.len());
         }
         let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("").to_string();
         let p = get(Some(cp));
@@ -167,31 +135,25 @@ pub fn csv_manifest(path: &Path, o: &ManifestOpts) -> Result<Dataset> {
         if p.is_empty() || label.is_empty() {
             bail!("{}: empty path or label", at());
         }
-        let fold =
-            match get(cf).as_str() {
-                "" => None,
-                f => Some(f.parse::<i64>().ok().filter(|v| *v >= 0).with_context(|| {
-                    format!("{}: fold '{f}' is not a non-negative integer", at())
-                })?),
-            };
+        let fold = match get(cf).as_str() {
+            "" => None,
+            f => Some(
+                f.parse::<i64>()
+                    .ok()
+                    .filter(|v| *v >= 0)
+                    .with_context(|| format!("{}: fold '{f}' is not a non-negative integer", at()))?,
+            ),
+        };
         rows.push((line, p, label, get(cg), fold));
     }
     if rows.is_empty() {
         bail!("csv_manifest: {} has no rows", path.display());
     }
     let found: BTreeSet<String> = rows.iter().map(|r| r.2.clone()).collect();
-    let classes = class_index(
-        &found,
-        &o.classes,
-        &format!("csv_manifest {}", path.display()),
-    )?;
+    let classes = class_index(&found, &o.classes, &format!("csv_manifest {}", path.display()))?;
     let had_folds = rows.iter().any(|r| r.4.is_some());
     if had_folds && let Some(r) = rows.iter().find(|r| r.4.is_none()) {
-        bail!(
-            "{} line {}: some rows give a fold and this one does not",
-            path.display(),
-            r.0
-        );
+        bail!("{} line {}: some rows give a fold and this one does not", path.display(), r.0);
     }
     let items: Vec<Item> = rows
         .iter()
@@ -202,14 +164,8 @@ pub fn csv_manifest(path: &Path, o: &ManifestOpts) -> Result<Dataset> {
             fold: f.unwrap_or(-1),
         })
         .collect();
-    let report = LoadReport {
-        total: items.len(),
-        ..Default::default()
-    };
-    let policy = FilePolicy {
-        skip_missing: o.skip_missing,
-        skip_bad: o.skip_bad,
-    };
+    let report = LoadReport { total: items.len(), ..Default::default() };
+    let policy = FilePolicy { skip_missing: o.skip_missing, skip_bad: o.skip_bad };
     let ds = assemble("csv_manifest", classes, items, report, &o.decode, policy)?;
     finish(ds, o, had_folds)
 }

@@ -24,27 +24,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use tch::{Kind, Tensor};
 
 /// The 8 Adience age groups, in order (the class names of every age dataset).
-pub const AGE_GROUPS: [&str; 8] = [
-    "0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60-",
-];
+pub const AGE_GROUPS: [&str; 8] = ["0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60-"];
 
 /// Inclusive year ranges of [`AGE_GROUPS`]; the last is open ended.
-pub const AGE_RANGES: [(u32, u32); 8] = [
-    (0, 2),
-    (4, 6),
-    (8, 13),
-    (15, 20),
-    (25, 32),
-    (38, 43),
-    (48, 53),
-    (60, u32::MAX),
-];
+pub const AGE_RANGES: [(u32, u32); 8] =
+    [(0, 2), (4, 6), (8, 13), (15, 20), (25, 32), (38, 43), (48, 53), (60, u32::MAX)];
 
 /// The group containing `age`, if any (ages in the gaps between groups have none).
 pub fn age_group_exact(age: u32) -> Option<usize> {
-    AGE_RANGES
-        .iter()
-        .position(|&(lo, hi)| (lo..=hi).contains(&age))
+    AGE_RANGES.iter().position(|&(lo, hi)| (lo..=hi).contains(&age))
 }
 
 /// The group whose range is nearest to `age` (distance in years to the range); ties go to the older group.
@@ -95,11 +83,7 @@ impl LoadReport {
     }
     /// The count for one drop reason (0 when absent).
     pub fn dropped_for(&self, reason: &str) -> usize {
-        self.dropped
-            .iter()
-            .find(|d| d.0 == reason)
-            .map(|d| d.1)
-            .unwrap_or(0)
+        self.dropped.iter().find(|d| d.0 == reason).map(|d| d.1).unwrap_or(0)
     }
     /// A few lines for the console: kept / dropped with reasons.
     pub fn summary(&self, name: &str) -> String {
@@ -158,50 +142,24 @@ impl Dataset {
         let name = name.into();
         let sz = images.size();
         if sz.len() != 4 || sz[1] != 3 || images.kind() != Kind::Uint8 {
-            bail!(
-                "dataset '{name}': images must be u8 [N, 3, H, W], got {:?} {sz:?}",
-                images.kind()
-            );
+            bail!("dataset '{name}': images must be u8 [N, 3, H, W], got {:?} {sz:?}", images.kind());
         }
         let n = sz[0] as usize;
-        let groups = if groups.is_empty() {
-            vec![String::new(); n]
-        } else {
-            groups
-        };
+        let groups = if groups.is_empty() { vec![String::new(); n] } else { groups };
         let folds = if folds.is_empty() { vec![-1; n] } else { folds };
-        let paths = if paths.is_empty() {
-            vec![String::new(); n]
-        } else {
-            paths
-        };
-        for (what, len) in [
-            ("labels", labels.len()),
-            ("groups", groups.len()),
-            ("folds", folds.len()),
-            ("paths", paths.len()),
-        ] {
+        let paths = if paths.is_empty() { vec![String::new(); n] } else { paths };
+        for (what, len) in
+            [("labels", labels.len()), ("groups", groups.len()), ("folds", folds.len()), ("paths", paths.len())]
+        {
             if len != n {
                 bail!("dataset '{name}': {n} images but {len} {what}");
             }
         }
-        if let Some(l) = labels
-            .iter()
-            .find(|&&l| l < 0 || l as usize >= classes.len())
-        {
+        if let Some(l) = labels.iter().find(|&&l| l < 0 || l as usize >= classes.len()) {
             bail!("dataset '{name}': label {l} outside 0..{}", classes.len());
         }
         let images = images.f_to_device(tch::Device::Cpu)?;
-        Ok(Dataset {
-            name,
-            images,
-            labels,
-            groups,
-            folds,
-            classes,
-            paths,
-            report: LoadReport::default(),
-        })
+        Ok(Dataset { name, images, labels, groups, folds, classes, paths, report: LoadReport::default() })
     }
 
     pub fn len(&self) -> usize {
@@ -246,41 +204,24 @@ impl Dataset {
 
     /// The folds present (sorted, without -1).
     pub fn fold_ids(&self) -> Vec<i64> {
-        self.folds
-            .iter()
-            .copied()
-            .filter(|&f| f >= 0)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect()
+        self.folds.iter().copied().filter(|&f| f >= 0).collect::<BTreeSet<_>>().into_iter().collect()
     }
 
     /// Cross-validation split: (train = every other assigned fold, test = fold `test_fold`).
     pub fn fold_split(&self, test_fold: i64) -> Result<(Dataset, Dataset)> {
         let ids = self.fold_ids();
         if ids.is_empty() {
-            bail!(
-                "dataset '{}' has no folds (utkface: set folds; synthetic: set folds)",
-                self.name
-            );
+            bail!("dataset '{}' has no folds (utkface: set folds; synthetic: set folds)", self.name);
         }
         if !ids.contains(&test_fold) {
-            bail!(
-                "dataset '{}': fold {test_fold} does not exist; folds are {ids:?}",
-                self.name
-            );
+            bail!("dataset '{}': fold {test_fold} does not exist; folds are {ids:?}", self.name);
         }
-        let test: Vec<i64> = (0..self.len() as i64)
-            .filter(|&i| self.folds[i as usize] == test_fold)
-            .collect();
+        let test: Vec<i64> = (0..self.len() as i64).filter(|&i| self.folds[i as usize] == test_fold).collect();
         let train: Vec<i64> = (0..self.len() as i64)
             .filter(|&i| self.folds[i as usize] >= 0 && self.folds[i as usize] != test_fold)
             .collect();
         if train.is_empty() {
-            bail!(
-                "dataset '{}': fold {test_fold} is the only fold, nothing left to train on",
-                self.name
-            );
+            bail!("dataset '{}': fold {test_fold} is the only fold, nothing left to train on", self.name);
         }
         let mut tr = self.subset(&train)?;
         let mut te = self.subset(&test)?;
@@ -308,10 +249,7 @@ impl Dataset {
             }
             let mut groups: Vec<&Vec<usize>> = by_group.values().collect();
             if groups.len() < 2 {
-                bail!(
-                    "dataset '{}': all items belong to one group; cannot split by group",
-                    self.name
-                );
+                bail!("dataset '{}': all items belong to one group; cannot split by group", self.name);
             }
             rng::shuffle(&mut groups, &mut rng::chacha(seed, 11));
             let target = (frac * n as f64).round().max(1.0) as usize;
@@ -338,10 +276,7 @@ impl Dataset {
         let val: Vec<i64> = (0..n as i64).filter(|&i| is_val[i as usize]).collect();
         let train: Vec<i64> = (0..n as i64).filter(|&i| !is_val[i as usize]).collect();
         if val.is_empty() || train.is_empty() {
-            bail!(
-                "dataset '{}': split {frac} of {n} items leaves one side empty",
-                self.name
-            );
+            bail!("dataset '{}': split {frac} of {n} items leaves one side empty", self.name);
         }
         let mut tr = self.subset(&train)?;
         let mut va = self.subset(&val)?;
@@ -394,21 +329,11 @@ impl Dataset {
         if !ids.is_empty() && self.folds.contains(&-1) {
             rows.push(row("none".into(), &|i| self.folds[i] == -1));
         }
-        rows.push(row(
-            if ids.is_empty() {
-                "all".into()
-            } else {
-                "total".into()
-            },
-            &|_| true,
-        ));
+        rows.push(row(if ids.is_empty() { "all".into() } else { "total".into() }, &|_| true));
         // Rows are built from the columns above, so their lengths always match.
         t.rows = rows;
         if !self.report.dropped.is_empty() {
-            t.note(format!(
-                "left out by the loader: {} rows",
-                self.report.dropped_total()
-            ));
+            t.note(format!("left out by the loader: {} rows", self.report.dropped_total()));
         }
         t
     }
@@ -422,13 +347,7 @@ impl Dataset {
 impl std::fmt::Display for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (h, w) = self.size();
-        write!(
-            f,
-            "Dataset[{}; {} items; {} classes; {h}x{w}]",
-            self.name,
-            self.len(),
-            self.classes.len()
-        )
+        write!(f, "Dataset[{}; {} items; {} classes; {h}x{w}]", self.name, self.len(), self.classes.len())
     }
 }
 
@@ -465,10 +384,7 @@ pub fn stratified_take(labels: &[i64], num_classes: usize, n: usize, seed: u64) 
     for (i, &l) in labels.iter().enumerate() {
         by_class[l as usize].push(i);
     }
-    let exact: Vec<f64> = by_class
-        .iter()
-        .map(|c| c.len() as f64 * n as f64 / total as f64)
-        .collect();
+    let exact: Vec<f64> = by_class.iter().map(|c| c.len() as f64 * n as f64 / total as f64).collect();
     let mut quota: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
     let mut rest: Vec<usize> = (0..num_classes).collect();
     // Largest fractional part first; ties to the lower class index (stable sort).
@@ -562,9 +478,7 @@ mod tests {
             .collect();
         let t = stratified_take(&labels, 3, 101, 1);
         assert_eq!(t.len(), 101);
-        let c: Vec<usize> = (0..3)
-            .map(|k| t.iter().filter(|&&i| labels[i] == k).count())
-            .collect();
+        let c: Vec<usize> = (0..3).map(|k| t.iter().filter(|&&i| labels[i] == k).count()).collect();
         // exact shares 70.7, 25.25, 5.05 -> floors 70, 25, 5 (100) + one for the largest remainder (class 0)
         assert_eq!(c, vec![71, 25, 5]);
     }
@@ -595,14 +509,9 @@ pub(crate) fn assemble(
     decode: &DecodeOpts,
     policy: FilePolicy,
 ) -> Result<Dataset> {
-    let (present, missing): (Vec<Item>, Vec<Item>) =
-        items.into_iter().partition(|it| it.path.is_file());
+    let (present, missing): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|it| it.path.is_file());
     if !missing.is_empty() {
-        let first: Vec<String> = missing
-            .iter()
-            .take(5)
-            .map(|it| it.path.display().to_string())
-            .collect();
+        let first: Vec<String> = missing.iter().take(5).map(|it| it.path.display().to_string()).collect();
         if !policy.skip_missing {
             bail!(
                 "{name}: {} of {} image files are missing, e.g. {} (skip_missing: true skips them)",
@@ -649,9 +558,7 @@ pub(crate) fn assemble(
         classes,
         kept.iter().map(|it| it.group.clone()).collect(),
         kept.iter().map(|it| it.fold).collect(),
-        kept.iter()
-            .map(|it| it.path.display().to_string())
-            .collect(),
+        kept.iter().map(|it| it.path.display().to_string()).collect(),
     )?;
     report.kept = ds.len();
     ds.report = report;

@@ -21,15 +21,7 @@ pub struct SyntheticOpts {
 
 impl Default for SyntheticOpts {
     fn default() -> Self {
-        SyntheticOpts {
-            n: 512,
-            classes: 8,
-            size: 32,
-            seed: 0,
-            noise: 0.1,
-            folds: 0,
-            groups: 0,
-        }
+        SyntheticOpts { n: 512, classes: 8, size: 32, seed: 0, noise: 0.1, folds: 0, groups: 0 }
     }
 }
 
@@ -39,10 +31,7 @@ pub fn synthetic(o: &SyntheticOpts) -> Result<Dataset> {
         bail!("synthetic: n must be at least 1");
     }
     if !(2..=1000).contains(&o.classes) {
-        bail!(
-            "synthetic: classes must be between 2 and 1000, got {}",
-            o.classes
-        );
+        bail!("synthetic: classes must be between 2 and 1000, got {}", o.classes);
     }
     if !(4..=1024).contains(&o.size) {
         bail!("synthetic: size must be between 4 and 1024, got {}", o.size);
@@ -77,21 +66,9 @@ pub fn synthetic(o: &SyntheticOpts) -> Result<Dataset> {
     }
     let images = Tensor::f_from_data_size(&px, &[n as i64, 3, o.size, o.size], Kind::Uint8)?;
     let classes: Vec<String> = (0..k).map(|c| format!("c{c}")).collect();
-    let folds = if o.folds > 0 {
-        stratified_folds(&labels, k, o.folds, o.seed)
-    } else {
-        vec![]
-    };
-    let groups = if o.groups > 0 {
-        (0..n).map(|i| format!("s{}", i % o.groups)).collect()
-    } else {
-        vec![]
-    };
+    let folds = if o.folds > 0 { stratified_folds(&labels, k, o.folds, o.seed) } else { vec![] };
+    let groups = if o.groups > 0 { (0..n).map(|i| format!("s{}", i % o.groups)).collect() } else { vec![] };
     let mut ds = Dataset::new("synthetic", images, labels, classes, groups, folds, vec![])?;
-    ds.report = LoadReport {
-        total: n,
-        kept: n,
-        ..Default::default()
-    };
+    ds.report = LoadReport { total: n, kept: n, ..Default::default() };
     Ok(ds)
 }

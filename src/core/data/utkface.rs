@@ -1,9 +1,6 @@
 //! UTKFace: labels from the shipped `labels.csv` (columns `file,age,gender,race`) or from file names
 //! `age_gender_race_datetime.jpg(.chip.jpg)`; ages mapped to the 8 Adience groups; seeded stratified folds.
-use super::{
-    AGE_GROUPS, DecodeOpts, FilePolicy, Item, LoadReport, age_group_exact, age_group_nearest,
-    assemble,
-};
+use super::{AGE_GROUPS, DecodeOpts, FilePolicy, Item, LoadReport, age_group_exact, age_group_nearest, assemble};
 use super::{Dataset, stratified_folds, stratified_take};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -77,9 +74,7 @@ pub struct UtkRow {
 
 /// Parses a UTKFace file name `age_gender_race_datetime.jpg[.chip.jpg]`; `None` when it does not follow the pattern.
 pub fn parse_name(file: &str) -> Option<UtkRow> {
-    let stem = file
-        .strip_suffix(".jpg.chip.jpg")
-        .or_else(|| file.strip_suffix(".jpg"))?;
+    let stem = file.strip_suffix(".jpg.chip.jpg").or_else(|| file.strip_suffix(".jpg"))?;
     let parts: Vec<&str> = stem.split('_').collect();
     if parts.len() != 4 || parts[3].is_empty() || !parts[3].chars().all(|c| c.is_ascii_digit()) {
         return None;
@@ -87,12 +82,7 @@ pub fn parse_name(file: &str) -> Option<UtkRow> {
     let age: u32 = parts[0].parse().ok()?;
     let gender: u8 = parts[1].parse().ok().filter(|g| *g <= 1)?;
     let race: u8 = parts[2].parse().ok().filter(|r| *r <= 4)?;
-    Some(UtkRow {
-        file: file.to_string(),
-        age,
-        gender,
-        race,
-    })
+    Some(UtkRow { file: file.to_string(), age, gender, race })
 }
 
 /// Reads `labels.csv` (header with at least `file`, `age`, `gender`; `race` optional). Errors name file and line.
@@ -101,10 +91,7 @@ pub fn read_labels_csv(path: &Path) -> Result<Vec<UtkRow>> {
         .has_headers(true)
         .from_path(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let header = rd
-        .headers()
-        .with_context(|| format!("{} line 1: cannot read the header", path.display()))?
-        .clone();
+    let header = rd.headers().with_context(|| format!("{} line 1: cannot read the header", path.display()))?.clone();
     let col = |name: &str| header.iter().position(|h| h.trim() == name);
     let (Some(cf), Some(ca), Some(cg)) = (col("file"), col("age"), col("gender")) else {
         bail!(
@@ -124,9 +111,8 @@ pub fn read_labels_csv(path: &Path) -> Result<Vec<UtkRow>> {
         if file.is_empty() {
             bail!("{}: empty file name", where_());
         }
-        let age: u32 = at(ca)
-            .parse()
-            .with_context(|| format!("{}: age '{}' is not a whole number", where_(), at(ca)))?;
+        let age: u32 =
+            at(ca).parse().with_context(|| format!("{}: age '{}' is not a whole number", where_(), at(ca)))?;
         let gender: u8 = match at(cg) {
             "0" => 0,
             "1" => 1,
@@ -140,12 +126,7 @@ pub fn read_labels_csv(path: &Path) -> Result<Vec<UtkRow>> {
                 .with_context(|| format!("{}: race '{}' is not 0-4", where_(), at(c)))?,
             None => 4,
         };
-        rows.push(UtkRow {
-            file,
-            age,
-            gender,
-            race,
-        });
+        rows.push(UtkRow { file, age, gender, race });
     }
     Ok(rows)
 }
@@ -221,17 +202,9 @@ pub fn utkface(root: &Path, o: &UtkOpts) -> Result<Dataset> {
     }
     let items: Vec<Item> = kept
         .iter()
-        .map(|(r, l)| Item {
-            path: imgs.join(&r.file),
-            label: *l,
-            group: String::new(),
-            fold: -1,
-        })
+        .map(|(r, l)| Item { path: imgs.join(&r.file), label: *l, group: String::new(), fold: -1 })
         .collect();
-    let policy = FilePolicy {
-        skip_missing: o.skip_missing,
-        skip_bad: o.skip_bad,
-    };
+    let policy = FilePolicy { skip_missing: o.skip_missing, skip_bad: o.skip_bad };
     let mut ds = assemble("utkface", classes, items, report, &o.decode, policy)?;
     // Folds after every drop, so each fold is stratified over the items actually present.
     if o.folds > 0 {

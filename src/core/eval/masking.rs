@@ -1,9 +1,7 @@
 //! Gradient-masking checks (Athalye et al. 2018, Carlini et al. 2019, Tramèr et al. 2018): a defended model can look
 //! robust to gradient attacks only because its gradients are useless. Each check compares attacks that should be
 //! ordered on a sound model; a violation beyond `tolerance` is flagged.
-use super::{
-    EvalOpts, EvalResult, Sources, eval_batches, eval_subset, evaluate, fmt_eps, with_eps,
-};
+use super::{EvalOpts, EvalResult, Sources, eval_batches, eval_subset, evaluate, fmt_eps, with_eps};
 use crate::core::attacks::{AttackKind, AttackSpec};
 use crate::core::cancel;
 use crate::core::data::Dataset;
@@ -68,11 +66,7 @@ fn grad_flags(g: &Tensor) -> Result<(Tensor, Tensor)> {
     // [B, 3, H, W] -> [B, 3*H*W]
     let flat = g.f_flatten(1, -1)?;
     let nonfinite = flat.f_isfinite()?.f_logical_not()?.f_any_dim(1, false)?;
-    let zero = flat
-        .f_abs()?
-        .f_amax([1i64].as_slice(), false)?
-        .f_eq(0.0)?
-        .f_logical_and(&nonfinite.f_logical_not()?)?;
+    let zero = flat.f_abs()?.f_amax([1i64].as_slice(), false)?.f_eq(0.0)?.f_logical_and(&nonfinite.f_logical_not()?)?;
     Ok((zero, nonfinite))
 }
 
@@ -82,11 +76,7 @@ fn count(mask: &Tensor) -> Result<i64> {
 
 /// Measures input gradients of `model` on `data` (see [`GradHealth`]). A model whose logits do not depend on the
 /// input at all counts as all zero.
-pub fn gradient_health(
-    model: &dyn Classifier,
-    data: &Dataset,
-    batch_size: usize,
-) -> Result<GradHealth> {
+pub fn gradient_health(model: &dyn Classifier, data: &Dataset, batch_size: usize) -> Result<GradHealth> {
     let (mut zero, mut bad, mut saturated, mut n) = (0i64, 0i64, 0i64, 0u64);
     for b in eval_batches(data, batch_size, model.device())? {
         cancel::check()?;
@@ -103,16 +93,11 @@ pub fn gradient_health(
             let y1 = b.y.f_unsqueeze(1)?;
             let true_logit = logits.f_gather(1, &y1, false)?.f_squeeze_dim(1)?;
             let others = logits.f_scatter_value(1, &y1, f64::NEG_INFINITY)?;
-            let margin = true_logit
-                .f_sub(&others.f_amax([1i64].as_slice(), false)?)?
-                .f_sum(Kind::Float)?;
-            let ce = logits
-                .f_log_softmax(-1, Kind::Float)?
-                .f_nll_loss::<Tensor>(&b.y, None, tch::Reduction::Sum, -100)?;
-            let gm = Tensor::f_run_backward(&[&margin], &[&x], true, false)
-                .context("margin input gradient")?;
-            let gc = Tensor::f_run_backward(&[&ce], &[&x], false, false)
-                .context("cross-entropy input gradient")?;
+            let margin = true_logit.f_sub(&others.f_amax([1i64].as_slice(), false)?)?.f_sum(Kind::Float)?;
+            let ce =
+                logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(&b.y, None, tch::Reduction::Sum, -100)?;
+            let gm = Tensor::f_run_backward(&[&margin], &[&x], true, false).context("margin input gradient")?;
+            let gc = Tensor::f_run_backward(&[&ce], &[&x], false, false).context("cross-entropy input gradient")?;
             match (gm.into_iter().next(), gc.into_iter().next()) {
                 (Some(m), Some(c)) if m.defined() && c.defined() => Ok(Some((m, c))),
                 _ => Ok(None),
@@ -130,12 +115,7 @@ pub fn gradient_health(
         }
     }
     let f = |k: i64| k as f64 / n as f64;
-    Ok(GradHealth {
-        zero: f(zero),
-        nonfinite: f(bad),
-        saturated: f(saturated),
-        n,
-    })
+    Ok(GradHealth { zero: f(zero), nonfinite: f(bad), saturated: f(saturated), n })
 }
 
 /// A rate from an evaluation, or why the attack could not run (a model without input gradients makes gradient
@@ -144,11 +124,7 @@ fn attempt(r: Result<EvalResult>) -> Result<std::result::Result<f64, String>> {
     match r {
         Ok(r) => Ok(Ok(r.accuracy)),
         Err(e) if crate::core::cancel::is_cancel_error(&e) => Err(e),
-        Err(e) => Ok(Err(format!("{e:#}")
-            .lines()
-            .next()
-            .unwrap_or("failed")
-            .to_string())),
+        Err(e) => Ok(Err(format!("{e:#}").lines().next().unwrap_or("failed").to_string())),
     }
 }
 
@@ -164,21 +140,8 @@ fn value_cell(v: &std::result::Result<f64, String>) -> Cell {
 pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -> Result<Table> {
     let sub = eval_subset(data, o.limit, o.seed)?;
     let d = sub.as_ref().unwrap_or(data);
-    let base = EvalOpts {
-        batch_size: o.batch_size,
-        seed: o.seed,
-        ..EvalOpts::default()
-    };
-    let run = |spec: AttackSpec| {
-        attempt(evaluate(
-            model,
-            d,
-            &EvalOpts {
-                attack: Some(spec),
-                ..base.clone()
-            },
-        ))
-    };
+    let base = EvalOpts { batch_size: o.batch_size, seed: o.seed, ..EvalOpts::default() };
+    let run = |spec: AttackSpec| attempt(evaluate(model, d, &EvalOpts { attack: Some(spec), ..base.clone() }));
     let mut fgsm = AttackSpec::new(AttackKind::Fgsm);
     fgsm.eps = o.eps;
     let mut rfgsm = AttackSpec::new(AttackKind::RFgsm);
@@ -198,40 +161,17 @@ pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -
     let tol = o.tolerance;
 
     let mut t = Table::new(
-        format!(
-            "Gradient-masking checks for {} (L∞, ε = {})",
-            model.label(),
-            fmt_eps(o.eps)
-        ),
-        &[
-            "Check",
-            "Value",
-            "Compared with",
-            "Expected of a sound model",
-            "Verdict",
-        ],
+        format!("Gradient-masking checks for {} (L∞, ε = {})", model.label(), fmt_eps(o.eps)),
+        &["Check", "Value", "Compared with", "Expected of a sound model", "Verdict"],
     );
     let mut flagged: Vec<String> = vec![];
-    let mut row =
-        |t: &mut Table, check: &str, v: Cell, r: Cell, expect: String, flag: bool| -> Result<()> {
-            if flag {
-                flagged.push(check.to_string());
-            }
-            t.push(vec![
-                Cell::text(check),
-                v,
-                r,
-                Cell::text(expect),
-                Cell::text(if flag { "FLAG" } else { "ok" }),
-            ])
-        };
-    t.push(vec![
-        Cell::text("clean accuracy"),
-        Cell::rate(clean),
-        Cell::Empty,
-        Cell::Empty,
-        Cell::text("info"),
-    ])?;
+    let mut row = |t: &mut Table, check: &str, v: Cell, r: Cell, expect: String, flag: bool| -> Result<()> {
+        if flag {
+            flagged.push(check.to_string());
+        }
+        t.push(vec![Cell::text(check), v, r, Cell::text(expect), Cell::text(if flag { "FLAG" } else { "ok" })])
+    };
+    t.push(vec![Cell::text("clean accuracy"), Cell::rate(clean), Cell::Empty, Cell::Empty, Cell::text("info")])?;
     row(
         &mut t,
         "zero or NaN/Inf input gradients (margin loss)",
@@ -252,10 +192,7 @@ pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -
         Cell::text("zero cross-entropy gradients (saturated softmax)"),
         Cell::rate(gh.saturated),
         Cell::Empty,
-        Cell::text(format!(
-            "≤ {:.0}%; above it, CE attacks are blind there (use APGD-DLR)",
-            o.max_bad_grad * 100.0
-        )),
+        Cell::text(format!("≤ {:.0}%; above it, CE attacks are blind there (use APGD-DLR)", o.max_bad_grad * 100.0)),
         Cell::text(if saturated { "warn" } else { "ok" }),
     ])?;
     // Multi-step white-box must be at least as strong as single-step.
@@ -304,11 +241,7 @@ pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -
         let a_tr = attempt(evaluate(
             model,
             d,
-            &EvalOpts {
-                attack: Some(pgd.clone()),
-                sources: Sources::From(vec![src]),
-                ..base.clone()
-            },
+            &EvalOpts { attack: Some(pgd.clone()), sources: Sources::From(vec![src]), ..base.clone() },
         ))?;
         let flag = match (&a_tr, &a_pgd) {
             (Ok(s), Ok(p)) => *s < p - tol,
@@ -337,9 +270,7 @@ pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -
             Err(_) => format!("{}: failed", fmt_eps(*e)),
         })
         .collect();
-    let monotone = sweep
-        .windows(2)
-        .all(|w| matches!((&w[0].1, &w[1].1), (Ok(a), Ok(b)) if *b <= a + tol));
+    let monotone = sweep.windows(2).all(|w| matches!((&w[0].1, &w[1].1), (Ok(a), Ok(b)) if *b <= a + tol));
     row(
         &mut t,
         &format!("{pgd_name} accuracy vs ε"),
@@ -353,35 +284,14 @@ pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -
     } else {
         format!("possible gradient masking: {}", flagged.join("; "))
     };
-    let verdict = if saturated {
-        format!("{verdict} (warning: saturated softmax)")
-    } else {
-        verdict
-    };
+    let verdict = if saturated { format!("{verdict} (warning: saturated softmax)") } else { verdict };
     let overall = if flagged.is_empty() { "ok" } else { "FLAG" };
-    t.push(vec![
-        Cell::text("overall"),
-        Cell::Empty,
-        Cell::Empty,
-        Cell::text(verdict),
-        Cell::text(overall),
-    ])?;
-    t.note(format!(
-        "n = {} of '{}', seed {}, tolerance {:.0} points",
-        gh.n,
-        data.name,
-        o.seed,
-        tol * 100.0
-    ));
+    t.push(vec![Cell::text("overall"), Cell::Empty, Cell::Empty, Cell::text(verdict), Cell::text(overall)])?;
+    t.note(format!("n = {} of '{}', seed {}, tolerance {:.0} points", gh.n, data.name, o.seed, tol * 100.0));
     for a in [&fgsm, &rfgsm, &pgd, &square] {
         t.note(format!("attack: {}", a.describe()));
     }
-    for (name, r) in [
-        ("FGSM", &a_fgsm),
-        ("R+FGSM", &a_rfgsm),
-        (pgd_name.as_str(), &a_pgd),
-        ("Square", &a_square),
-    ] {
+    for (name, r) in [("FGSM", &a_fgsm), ("R+FGSM", &a_rfgsm), (pgd_name.as_str(), &a_pgd), ("Square", &a_square)] {
         if let Err(e) = r {
             t.note(format!("{name} failed: {e}"));
         }
@@ -391,9 +301,5 @@ pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -
 
 /// Whether a masking report's overall verdict is a flag.
 pub fn is_flagged(report: &Table) -> bool {
-    report
-        .rows
-        .last()
-        .and_then(|r| r.last())
-        .is_some_and(|c| *c == Cell::text("FLAG"))
+    report.rows.last().and_then(|r| r.last()).is_some_and(|c| *c == Cell::text("FLAG"))
 }

@@ -22,20 +22,14 @@ pub struct Rates {
 impl Confusion {
     /// An empty `classes` × `classes` matrix.
     pub fn new(classes: usize) -> Confusion {
-        Confusion {
-            classes,
-            counts: vec![vec![0; classes]; classes],
-        }
+        Confusion { classes, counts: vec![vec![0; classes]; classes] }
     }
 
     /// A matrix from explicit counts (rows: true class, columns: predicted class); it must be square.
     pub fn from_counts(counts: Vec<Vec<u64>>) -> Result<Confusion> {
         let classes = counts.len();
         if let Some((i, r)) = counts.iter().enumerate().find(|(_, r)| r.len() != classes) {
-            bail!(
-                "confusion matrix row {i} has {} entries, expected {classes} (the matrix must be square)",
-                r.len()
-            );
+            bail!("confusion matrix row {i} has {} entries, expected {classes} (the matrix must be square)", r.len());
         }
         Ok(Confusion { classes, counts })
     }
@@ -43,10 +37,7 @@ impl Confusion {
     /// Adds one example.
     pub fn add(&mut self, truth: usize, pred: usize) -> Result<()> {
         if truth >= self.classes || pred >= self.classes {
-            bail!(
-                "confusion: class pair ({truth}, {pred}) is outside 0..{}",
-                self.classes
-            );
+            bail!("confusion: class pair ({truth}, {pred}) is outside 0..{}", self.classes);
         }
         self.counts[truth][pred] += 1;
         Ok(())
@@ -61,23 +52,14 @@ impl Confusion {
             2 => {
                 let c = pred.size()[1];
                 if c != self.classes as i64 {
-                    bail!(
-                        "confusion: scores have {c} classes, the matrix has {}",
-                        self.classes
-                    );
+                    bail!("confusion: scores have {c} classes, the matrix has {}", self.classes);
                 }
                 pred.f_argmax(-1, false)?
             }
-            d => bail!(
-                "confusion: predictions must be [B] classes or [B, C] scores, got {d} dimensions"
-            ),
+            d => bail!("confusion: predictions must be [B] classes or [B, C] scores, got {d} dimensions"),
         };
         if y.dim() != 1 || y.size()[0] != pred.size()[0] {
-            bail!(
-                "confusion: labels {:?} do not match predictions {:?}",
-                y.size(),
-                pred.size()
-            );
+            bail!("confusion: labels {:?} do not match predictions {:?}", y.size(), pred.size());
         }
         if pred.numel() == 0 {
             return Ok(());
@@ -92,10 +74,7 @@ impl Confusion {
         }
         // [B] -> [C*C]: cell (truth, pred) is bin truth*C + pred.
         let idx = y.f_mul_scalar(c)?.f_add(&pred)?;
-        let bins = idx
-            .f_bincount::<Tensor>(None, c * c)?
-            .f_to_device(Device::Cpu)?
-            .f_to_kind(Kind::Int64)?;
+        let bins = idx.f_bincount::<Tensor>(None, c * c)?.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?;
         let bins = Vec::<i64>::try_from(&bins).context("confusion: reading bin counts")?;
         for (i, n) in bins.into_iter().enumerate() {
             self.counts[i / self.classes][i % self.classes] += n as u64;
@@ -106,11 +85,7 @@ impl Confusion {
     /// Adds another matrix of the same size (e.g. from another batch worker or fold).
     pub fn merge(&mut self, other: &Confusion) -> Result<()> {
         if other.classes != self.classes {
-            bail!(
-                "confusion: cannot merge a {0}×{0} matrix into a {1}×{1} one",
-                other.classes,
-                self.classes
-            );
+            bail!("confusion: cannot merge a {0}×{0} matrix into a {1}×{1} one", other.classes, self.classes);
         }
         for (r, o) in self.counts.iter_mut().zip(&other.counts) {
             for (a, b) in r.iter_mut().zip(o) {
@@ -157,11 +132,7 @@ impl Confusion {
 
     /// Accuracy, one-off rate and the number of examples.
     pub fn compute(&self) -> Rates {
-        Rates {
-            accuracy: self.accuracy(),
-            one_off: self.one_off(),
-            n: self.total(),
-        }
+        Rates { accuracy: self.accuracy(), one_off: self.one_off(), n: self.total() }
     }
 }
 
@@ -241,17 +212,8 @@ mod tests {
         m.update(&logits, &Tensor::from_slice(&[1i64, 2])).unwrap();
         assert_eq!(m.counts, vec![vec![1, 0, 0], vec![1, 0, 1], vec![0, 1, 2]]);
         assert!(close(m.accuracy(), 3.0 / 6.0));
-        assert!(
-            m.update(&Tensor::from_slice(&[3i64]), &Tensor::from_slice(&[0i64]))
-                .is_err()
-        );
-        assert!(
-            m.update(
-                &Tensor::from_slice(&[0i64, 1]),
-                &Tensor::from_slice(&[0i64])
-            )
-            .is_err()
-        );
+        assert!(m.update(&Tensor::from_slice(&[3i64]), &Tensor::from_slice(&[0i64])).is_err());
+        assert!(m.update(&Tensor::from_slice(&[0i64, 1]), &Tensor::from_slice(&[0i64])).is_err());
     }
 
     #[test]

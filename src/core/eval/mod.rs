@@ -48,14 +48,7 @@ pub struct EvalOpts<'a> {
 
 impl Default for EvalOpts<'_> {
     fn default() -> Self {
-        EvalOpts {
-            batch_size: 64,
-            attack: None,
-            sources: Sources::WhiteBox,
-            limit: None,
-            seed: 0,
-            device: None,
-        }
+        EvalOpts { batch_size: 64, attack: None, sources: Sources::WhiteBox, limit: None, seed: 0, device: None }
     }
 }
 
@@ -79,11 +72,7 @@ pub struct EvalResult {
 
 impl EvalResult {
     pub fn rates(&self) -> Rates {
-        Rates {
-            accuracy: self.accuracy,
-            one_off: self.one_off,
-            n: self.n,
-        }
+        Rates { accuracy: self.accuracy, one_off: self.one_off, n: self.n }
     }
 
     /// "clean", "white-box" or "black-box from X".
@@ -109,31 +98,18 @@ pub fn eval_subset(data: &Dataset, limit: Option<usize>, seed: u64) -> Result<Op
 }
 
 /// Batches in dataset order (no shuffle, no augmentation) on `device`.
-fn eval_batches(
-    data: &Dataset,
-    batch_size: usize,
-    device: Device,
-) -> Result<crate::core::data::Batches> {
+fn eval_batches(data: &Dataset, batch_size: usize, device: Device) -> Result<crate::core::data::Batches> {
     if data.is_empty() {
         bail!("dataset '{}' is empty", data.name);
     }
-    data.batches(&BatchOpts {
-        batch_size,
-        shuffle: false,
-        seed: 0,
-        augment: false,
-        drop_last: false,
-        device,
-    })
+    data.batches(&BatchOpts { batch_size, shuffle: false, seed: 0, augment: false, drop_last: false, device })
 }
 
 /// Logits without building a graph, on `x`'s device.
 pub fn predict(model: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
     let _g = tch::no_grad_guard();
     let xm = x.f_to_device(model.device())?;
-    let l = model
-        .logits_t(&xm, false)
-        .with_context(|| format!("forward pass of {}", model.label()))?;
+    let l = model.logits_t(&xm, false).with_context(|| format!("forward pass of {}", model.label()))?;
     Ok(l.f_detach()?.f_to_device(x.device())?)
 }
 
@@ -168,9 +144,7 @@ fn evaluate_many(
     sources: &Sources,
     opts: &EvalOpts,
 ) -> Result<Vec<EvalResult>> {
-    let Some(first) = targets.first() else {
-        bail!("no models to evaluate")
-    };
+    let Some(first) = targets.first() else { bail!("no models to evaluate") };
     for t in targets {
         check_classes(*t, data)?;
     }
@@ -178,9 +152,7 @@ fn evaluate_many(
         (None, _) => vec![],
         (Some(_), Sources::WhiteBox) => {
             if targets.len() != 1 {
-                bail!(
-                    "white-box evaluation crafts on the evaluated model; give one model at a time"
-                );
+                bail!("white-box evaluation crafts on the evaluated model; give one model at a time");
             }
             vec![*first]
         }
@@ -204,8 +176,7 @@ fn evaluate_many(
         let b = b?;
         let x = match attack {
             None => b.x,
-            Some(a) => craft(a, &srcs, &b.x, &b.y)
-                .with_context(|| format!("crafting {} examples", a.name()))?,
+            Some(a) => craft(a, &srcs, &b.x, &b.y).with_context(|| format!("crafting {} examples", a.name()))?,
         };
         for (t, c) in targets.iter().zip(conf.iter_mut()) {
             c.update(&predict(*t, &x)?, &b.y)?;
@@ -227,10 +198,7 @@ fn evaluate_many(
                 // The same object as the only source (labels may repeat, identities do not).
                 white_box: attack.is_some()
                     && srcs.len() == 1
-                    && std::ptr::addr_eq(
-                        srcs[0] as *const dyn Classifier,
-                        *t as *const dyn Classifier,
-                    ),
+                    && std::ptr::addr_eq(srcs[0] as *const dyn Classifier, *t as *const dyn Classifier),
                 seed: opts.seed,
             }
         })
@@ -251,10 +219,7 @@ pub fn transfer_results(
     }
     let sub = eval_subset(data, opts.limit, opts.seed)?;
     let data = sub.as_ref().unwrap_or(data);
-    sources
-        .iter()
-        .map(|s| evaluate_many(targets, data, Some(attack), &Sources::From(vec![*s]), opts))
-        .collect()
+    sources.iter().map(|s| evaluate_many(targets, data, Some(attack), &Sources::From(vec![*s]), opts)).collect()
 }
 
 /// Which rate a matrix or sweep table shows.
@@ -315,10 +280,7 @@ pub fn transfer_matrix(
     cells.extend(clean.iter().map(|r| Cell::rate(metric.of(&r.rates()))));
     t.rows.push(cells);
     t.note(format!("attack: {}", attack.describe()));
-    t.note(format!(
-        "n = {} examples of '{}', seed {}; diagonal = white-box",
-        clean[0].n, data.name, opts.seed
-    ));
+    t.note(format!("n = {} examples of '{}', seed {}; diagonal = white-box", clean[0].n, data.name, opts.seed));
     Ok(t)
 }
 
@@ -347,10 +309,7 @@ pub fn eps_sweep(
     let spec = opts.attack.as_ref().context("eps_sweep needs an attack")?;
     eps.iter()
         .map(|&e| {
-            let o = EvalOpts {
-                attack: Some(with_eps(spec, e)),
-                ..opts.clone()
-            };
+            let o = EvalOpts { attack: Some(with_eps(spec, e)), ..opts.clone() };
             Ok((e, evaluate(model, data, &o)?))
         })
         .collect()
@@ -359,9 +318,5 @@ pub fn eps_sweep(
 /// `16/256` for whole multiples of 1/256, else the decimal.
 pub fn fmt_eps(v: f64) -> String {
     let n = v * 256.0;
-    if (n - n.round()).abs() < 1e-9 {
-        format!("{}/256", n.round() as i64)
-    } else {
-        format!("{v:.4}")
-    }
+    if (n - n.round()).abs() < 1e-9 { format!("{}/256", n.round() as i64) } else { format!("{v:.4}") }
 }

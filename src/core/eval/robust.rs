@@ -96,9 +96,7 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
     let d = sub.as_ref().unwrap_or(data);
     let classes = d.num_classes() as usize;
     // stage 0 = clean, stage k = after the first k attacks
-    let mut stages: Vec<Confusion> = (0..=attacks.len())
-        .map(|_| Confusion::new(classes))
-        .collect();
+    let mut stages: Vec<Confusion> = (0..=attacks.len()).map(|_| Confusion::new(classes)).collect();
     device::seed_everything(o.seed);
     let srcs = [model];
     for b in eval_batches(d, o.batch_size, model.device())? {
@@ -114,8 +112,7 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
             if idx.numel() > 0 {
                 let xs = b.x.f_index_select(0, &idx)?;
                 let ys = b.y.f_index_select(0, &idx)?;
-                let xa = craft(a, &srcs, &xs, &ys)
-                    .with_context(|| format!("robust_eval: {}", a.name()))?;
+                let xa = craft(a, &srcs, &xs, &ys).with_context(|| format!("robust_eval: {}", a.name()))?;
                 let pa = predict(model, &xa)?.f_argmax(-1, false)?;
                 // Examples already fooled keep their first wrong prediction; the rest take the new one (which is
                 // either still correct or the attack's success).
@@ -132,22 +129,14 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
             one_off: r.one_off,
             n: r.n,
             model: model.label(),
-            sources: if attack.is_some() {
-                vec![model.label()]
-            } else {
-                vec![]
-            },
+            sources: if attack.is_some() { vec![model.label()] } else { vec![] },
             white_box: attack.is_some(),
             attack,
             seed: o.seed,
         }
     };
     let mut t = Table::new(
-        format!(
-            "Robustness of {} (AutoAttack-style, L∞, ε = {})",
-            model.label(),
-            fmt_eps(o.eps)
-        ),
+        format!("Robustness of {} (AutoAttack-style, L∞, ε = {})", model.label(), fmt_eps(o.eps)),
         &["Stage", "Attack", "Robust Cr", "Robust one-off"],
     );
     t.push(vec![
@@ -158,11 +147,7 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
     ])?;
     for (k, a) in attacks.iter().enumerate() {
         let c = &stages[k + 1];
-        let name = if k == 0 {
-            a.kind.title().to_string()
-        } else {
-            format!("+ {}", a.kind.title())
-        };
+        let name = if k == 0 { a.kind.title().to_string() } else { format!("+ {}", a.kind.title()) };
         t.push(vec![
             Cell::text((k + 1).to_string()),
             Cell::text(name),
@@ -187,13 +172,6 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
     }
     let names: Vec<&str> = attacks.iter().map(|a| a.kind.title()).collect();
     let clean = res(&stages[0], None);
-    let worst = res(
-        stages.last().context("no stages")?,
-        Some(format!("worst case of {}", names.join(", "))),
-    );
-    Ok(RobustResult {
-        table: t,
-        clean,
-        worst,
-    })
+    let worst = res(stages.last().context("no stages")?, Some(format!("worst case of {}", names.join(", "))));
+    Ok(RobustResult { table: t, clean, worst })
 }

@@ -1,9 +1,7 @@
 //! The paper's tables (1–5) as functions: builders that fill a [`Table`] from rates (one entry per fold; several
 //! folds give mean ± sample std), and runners that evaluate models on one fold and call the builders.
 //! Several folds: run a runner per fold and merge with [`Table::merge_folds`], or collect rates and call a builder.
-use super::{
-    EvalOpts, EvalResult, Rates, Sources, eval_subset, evaluate, evaluate_many, fmt_eps, with_eps,
-};
+use super::{EvalOpts, EvalResult, Rates, Sources, eval_subset, evaluate, evaluate_many, fmt_eps, with_eps};
 use crate::core::attacks::AttackSpec;
 use crate::core::data::Dataset;
 use crate::core::eval::mean_std;
@@ -53,12 +51,7 @@ fn change_cell(b: &[f64], a: &[f64]) -> Result<Cell> {
         return Ok(Cell::change(b[0], a[0]));
     }
     let ((bm, bs), (am, as_)) = (mean_std(b)?, mean_std(a)?);
-    Ok(Cell::RateChange {
-        before: bm,
-        after: am,
-        before_std: Some(bs),
-        after_std: Some(as_),
-    })
+    Ok(Cell::RateChange { before: bm, after: am, before_std: Some(bs), after_std: Some(as_) })
 }
 
 fn fold_note(t: &mut Table, folds: usize) {
@@ -75,11 +68,7 @@ pub fn change_table(title: &str, label_cols: &[&str], rows: &[ChangeRow]) -> Res
     let mut folds = 0;
     for (i, r) in rows.iter().enumerate() {
         if r.labels.len() != label_cols.len() {
-            bail!(
-                "row {i}: {} labels for {} label columns",
-                r.labels.len(),
-                label_cols.len()
-            );
+            bail!("row {i}: {} labels for {} label columns", r.labels.len(), label_cols.len());
         }
         folds = folds.max(r.before.len());
         let acc = |v: &[Rates]| v.iter().map(|r| r.accuracy).collect::<Vec<_>>();
@@ -95,23 +84,13 @@ pub fn change_table(title: &str, label_cols: &[&str], rows: &[ChangeRow]) -> Res
 
 /// Columns `label_cols`, then "<variant> Cr" and "<variant> one-off" per variant (the paper's Table 5 writes them
 /// as "Cr/one-off" in one cell).
-pub fn variants_table(
-    title: &str,
-    label_cols: &[&str],
-    variants: &[String],
-    rows: &[VariantsRow],
-) -> Result<Table> {
+pub fn variants_table(title: &str, label_cols: &[&str], variants: &[String], rows: &[VariantsRow]) -> Result<Table> {
     let mut cols: Vec<String> = label_cols.iter().map(|s| s.to_string()).collect();
     for v in variants {
         cols.push(format!("{v} Cr"));
         cols.push(format!("{v} one-off"));
     }
-    let mut t = Table {
-        title: title.to_string(),
-        columns: cols,
-        rows: vec![],
-        notes: vec![],
-    };
+    let mut t = Table { title: title.to_string(), columns: cols, rows: vec![], notes: vec![] };
     let mut folds = 0;
     for (i, r) in rows.iter().enumerate() {
         if r.labels.len() != label_cols.len() || r.variants.len() != variants.len() {
@@ -126,9 +105,7 @@ pub fn variants_table(
         let mut cells: Vec<Cell> = r.labels.iter().map(Cell::text).collect();
         for v in &r.variants {
             folds = folds.max(v.len());
-            cells.push(fold_cell(
-                &v.iter().map(|r| r.accuracy).collect::<Vec<_>>(),
-            )?);
+            cells.push(fold_cell(&v.iter().map(|r| r.accuracy).collect::<Vec<_>>())?);
             cells.push(fold_cell(&v.iter().map(|r| r.one_off).collect::<Vec<_>>())?);
         }
         t.push(cells)?;
@@ -139,9 +116,7 @@ pub fn variants_table(
 
 /// The attack of `opts`, or the paper's R+Step-LL (ε = 16/256, α = ε/2).
 fn attack_of(opts: &EvalOpts) -> AttackSpec {
-    opts.attack
-        .clone()
-        .unwrap_or_else(AttackSpec::paper_r_step_ll)
+    opts.attack.clone().unwrap_or_else(AttackSpec::paper_r_step_ll)
 }
 
 fn setting_notes(t: &mut Table, attack: &AttackSpec, data: &Dataset, n: u64, opts: &EvalOpts) {
@@ -150,27 +125,11 @@ fn setting_notes(t: &mut Table, attack: &AttackSpec, data: &Dataset, n: u64, opt
         Some(l) if l < data.len() => format!(" (seeded subset of {l})"),
         _ => String::new(),
     };
-    t.note(format!(
-        "data: '{}', n = {n}{subset}, seed {}",
-        data.name, opts.seed
-    ));
+    t.note(format!("data: '{}', n = {n}{subset}, seed {}", data.name, opts.seed));
 }
 
-fn white_box(
-    model: &dyn Classifier,
-    data: &Dataset,
-    attack: &AttackSpec,
-    opts: &EvalOpts,
-) -> Result<EvalResult> {
-    evaluate(
-        model,
-        data,
-        &EvalOpts {
-            attack: Some(attack.clone()),
-            sources: Sources::WhiteBox,
-            ..opts.clone()
-        },
-    )
+fn white_box(model: &dyn Classifier, data: &Dataset, attack: &AttackSpec, opts: &EvalOpts) -> Result<EvalResult> {
+    evaluate(model, data, &EvalOpts { attack: Some(attack.clone()), sources: Sources::WhiteBox, ..opts.clone() })
 }
 
 fn from(
@@ -183,31 +142,19 @@ fn from(
     evaluate(
         target,
         data,
-        &EvalOpts {
-            attack: Some(attack.clone()),
-            sources: Sources::From(vec![source]),
-            ..opts.clone()
-        },
+        &EvalOpts { attack: Some(attack.clone()), sources: Sources::From(vec![source]), ..opts.clone() },
     )
 }
 
 /// Table 1: white-box classification rate of each model for each ε (the attack's α and step scale with ε), plus
 /// clean data.
-pub fn table1(
-    models: &[&dyn Classifier],
-    data: &Dataset,
-    eps: &[f64],
-    opts: &EvalOpts,
-) -> Result<Table> {
+pub fn table1(models: &[&dyn Classifier], data: &Dataset, eps: &[f64], opts: &EvalOpts) -> Result<Table> {
     let attack = attack_of(opts);
     let mut cols = vec!["ε".to_string()];
     cols.extend(eps.iter().map(|e| fmt_eps(*e)));
     cols.push("Clean data".into());
     let mut t = Table {
-        title: format!(
-            "Table 1. Classification rates of white-box attacks ({})",
-            attack.kind.title()
-        ),
+        title: format!("Table 1. Classification rates of white-box attacks ({})", attack.kind.title()),
         columns: cols,
         rows: vec![],
         notes: vec![],
@@ -216,18 +163,9 @@ pub fn table1(
     for m in models {
         let mut cells = vec![Cell::text(m.label())];
         for &e in eps {
-            cells.push(Cell::rate(
-                white_box(*m, data, &with_eps(&attack, e), opts)?.accuracy,
-            ));
+            cells.push(Cell::rate(white_box(*m, data, &with_eps(&attack, e), opts)?.accuracy));
         }
-        let clean = evaluate(
-            *m,
-            data,
-            &EvalOpts {
-                attack: None,
-                ..opts.clone()
-            },
-        )?;
+        let clean = evaluate(*m, data, &EvalOpts { attack: None, ..opts.clone() })?;
         n = clean.n;
         cells.push(Cell::rate(clean.accuracy));
         t.push(cells)?;
@@ -245,29 +183,16 @@ pub fn table2(pairs: &[Pair], data: &Dataset, opts: &EvalOpts) -> Result<Table> 
         let b = white_box(p.before, data, &attack, opts)?;
         let a = white_box(p.after, data, &attack, opts)?;
         n = a.n;
-        rows.push(ChangeRow {
-            labels: vec![p.name.to_string()],
-            before: vec![b.rates()],
-            after: vec![a.rates()],
-        });
+        rows.push(ChangeRow { labels: vec![p.name.to_string()], before: vec![b.rates()], after: vec![a.rates()] });
     }
-    let mut t = change_table(
-        "Table 2. White-box attacks, before → after",
-        &["Model"],
-        &rows,
-    )?;
+    let mut t = change_table("Table 2. White-box attacks, before → after", &["Model"], &rows)?;
     setting_notes(&mut t, &attack, data, n, opts);
     Ok(t)
 }
 
 /// Table 3: adversarial examples crafted on each network before → after the defence, evaluated on an undefended
 /// third network `target` (they should stay about as strong).
-pub fn table3(
-    pairs: &[Pair],
-    target: &dyn Classifier,
-    data: &Dataset,
-    opts: &EvalOpts,
-) -> Result<Table> {
+pub fn table3(pairs: &[Pair], target: &dyn Classifier, data: &Dataset, opts: &EvalOpts) -> Result<Table> {
     let attack = attack_of(opts);
     let mut rows = vec![];
     let mut n = 0;
@@ -281,11 +206,8 @@ pub fn table3(
             after: vec![a.rates()],
         });
     }
-    let mut t = change_table(
-        "Table 3. Transfer to an undefended network, before → after",
-        &["Target", "Adv model"],
-        &rows,
-    )?;
+    let mut t =
+        change_table("Table 3. Transfer to an undefended network, before → after", &["Target", "Adv model"], &rows)?;
     setting_notes(&mut t, &attack, data, n, opts);
     Ok(t)
 }
@@ -314,22 +236,9 @@ pub fn table4(pairs: &[Pair], data: &Dataset, opts: &EvalOpts) -> Result<Table> 
             });
         }
     }
-    let mut t = change_table(
-        "Table 4. Black-box attacks, before → after",
-        &["Target", "Adv model"],
-        &rows,
-    )?;
+    let mut t = change_table("Table 4. Black-box attacks, before → after", &["Target", "Adv model"], &rows)?;
     for p in pairs {
-        let clean = |m: &dyn Classifier| {
-            evaluate(
-                m,
-                data,
-                &EvalOpts {
-                    attack: None,
-                    ..opts.clone()
-                },
-            )
-        };
+        let clean = |m: &dyn Classifier| evaluate(m, data, &EvalOpts { attack: None, ..opts.clone() });
         t.note(format!(
             "clean Cr of {}: {}",
             p.name,
@@ -349,62 +258,33 @@ pub struct Holdout<'a> {
 
 /// Table 5: black-box attacks from hold-out attackers on each target in each variant. The examples are crafted once
 /// per attacker and batch and evaluated on every variant, so variants are compared on identical inputs.
-pub fn table5(
-    targets: &[Holdout],
-    attackers: &[&dyn Classifier],
-    data: &Dataset,
-    opts: &EvalOpts,
-) -> Result<Table> {
-    let Some(first) = targets.first() else {
-        bail!("table 5 needs at least one target")
-    };
+pub fn table5(targets: &[Holdout], attackers: &[&dyn Classifier], data: &Dataset, opts: &EvalOpts) -> Result<Table> {
+    let Some(first) = targets.first() else { bail!("table 5 needs at least one target") };
     let names: Vec<String> = first.variants.iter().map(|v| v.0.to_string()).collect();
     for t in targets {
         let tn: Vec<String> = t.variants.iter().map(|v| v.0.to_string()).collect();
         if tn != names {
-            bail!(
-                "target {} has variants {tn:?}, target {} has {names:?}",
-                t.name,
-                first.name
-            );
+            bail!("target {} has variants {tn:?}, target {} has {names:?}", t.name, first.name);
         }
     }
     let attack = attack_of(opts);
     let sub = eval_subset(data, opts.limit, opts.seed)?;
     let d = sub.as_ref().unwrap_or(data);
-    let models: Vec<&dyn Classifier> = targets
-        .iter()
-        .flat_map(|t| t.variants.iter().map(|v| v.1))
-        .collect();
+    let models: Vec<&dyn Classifier> = targets.iter().flat_map(|t| t.variants.iter().map(|v| v.1)).collect();
     let mut rows = vec![];
     let mut n = 0;
     for atk in attackers {
         let res = evaluate_many(&models, d, Some(&attack), &Sources::From(vec![*atk]), opts)?;
         let mut it = res.into_iter();
         for t in targets {
-            let variants: Vec<Vec<Rates>> = t
-                .variants
-                .iter()
-                .filter_map(|_| it.next())
-                .map(|r| vec![r.rates()])
-                .collect();
-            n = variants
-                .first()
-                .and_then(|v| v.first())
-                .map(|r| r.n)
-                .unwrap_or(n);
-            rows.push(VariantsRow {
-                labels: vec![t.name.to_string(), atk.label()],
-                variants,
-            });
+            let variants: Vec<Vec<Rates>> =
+                t.variants.iter().filter_map(|_| it.next()).map(|r| vec![r.rates()]).collect();
+            n = variants.first().and_then(|v| v.first()).map(|r| r.n).unwrap_or(n);
+            rows.push(VariantsRow { labels: vec![t.name.to_string(), atk.label()], variants });
         }
     }
-    let mut t = variants_table(
-        "Table 5. Black-box attacks from hold-out networks",
-        &["Target", "Adv model"],
-        &names,
-        &rows,
-    )?;
+    let mut t =
+        variants_table("Table 5. Black-box attacks from hold-out networks", &["Target", "Adv model"], &names, &rows)?;
     setting_notes(&mut t, &attack, data, n, opts);
     Ok(t)
 }

@@ -40,11 +40,7 @@ pub struct PlotOpts {
 
 impl Default for PlotOpts {
     fn default() -> Self {
-        PlotOpts {
-            width: 1000,
-            height: 600,
-            title: String::new(),
-        }
+        PlotOpts { width: 1000, height: 600, title: String::new() }
     }
 }
 
@@ -63,11 +59,7 @@ pub struct CurveOpts {
 impl Default for CurveOpts {
     fn default() -> Self {
         CurveOpts {
-            plot: PlotOpts {
-                width: 1400,
-                height: 550,
-                title: String::new(),
-            },
+            plot: PlotOpts { width: 1400, height: 550, title: String::new() },
             metrics: vec!["clean_acc".into(), "adv_acc".into()],
             nets: vec![],
             splits: vec!["train".into(), "val".into()],
@@ -93,13 +85,10 @@ fn render_png(
         draw(&root)?;
         root.present().map_err(perr)?;
     }
-    let img =
-        image::RgbImage::from_raw(width, height, buf).context("plot buffer has the wrong size")?;
+    let img = image::RgbImage::from_raw(width, height, buf).context("plot buffer has the wrong size")?;
     let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, image::ImageFormat::Png)
-        .context("encoding PNG")?;
-    fsutil::atomic_write(path, bytes.get_ref())
-        .with_context(|| format!("writing plot {}", path.display()))
+    img.write_to(&mut bytes, image::ImageFormat::Png).context("encoding PNG")?;
+    fsutil::atomic_write(path, bytes.get_ref()).with_context(|| format!("writing plot {}", path.display()))
 }
 
 /// plotters' errors borrow nothing but are not always `Send`; keep their text.
@@ -116,11 +105,8 @@ fn y_range(values: impl Iterator<Item = f64>, rates: bool) -> (f64, f64) {
     if rates {
         return (0.0, 1.0);
     }
-    let (lo, hi) = values
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-            (a.min(v), b.max(v))
-        });
+    let (lo, hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
@@ -135,11 +121,7 @@ fn is_rate_metric(m: &str) -> bool {
 /// Training/validation curves: one panel per split, one colour per network, solid for the first metric and dashed
 /// for the second (clean vs adversarial accuracy by default), x = training step.
 pub fn plot_curves(history: &History, path: &Path, opts: &CurveOpts) -> Result<()> {
-    let nets: Vec<String> = if opts.nets.is_empty() {
-        history.nets()
-    } else {
-        opts.nets.clone()
-    };
+    let nets: Vec<String> = if opts.nets.is_empty() { history.nets() } else { opts.nets.clone() };
     if opts.metrics.is_empty() {
         bail!("plot_curves: no metrics to draw");
     }
@@ -174,11 +156,7 @@ pub fn plot_curves(history: &History, path: &Path, opts: &CurveOpts) -> Result<(
         );
     }
     let rates = opts.metrics.iter().all(|m| is_rate_metric(m));
-    let all_pts = || {
-        panels
-            .iter()
-            .flat_map(|(_, s)| s.iter().flat_map(|(_, _, p)| p.iter()))
-    };
+    let all_pts = || panels.iter().flat_map(|(_, s)| s.iter().flat_map(|(_, _, p)| p.iter()));
     let (y0, y1) = y_range(all_pts().map(|p| p.1), rates);
     let x1 = all_pts().map(|p| p.0).fold(0.0, f64::max).max(1.0);
     render_png(path, opts.plot.width, opts.plot.height, |root| {
@@ -202,8 +180,7 @@ pub fn plot_curves(history: &History, path: &Path, opts: &CurveOpts) -> Result<(
                 .label_style((FAMILY, 13))
                 .light_line_style(RGBColor(235, 235, 235));
             if rates {
-                mesh.y_label_formatter(&percent_label)
-                    .y_desc("classification rate");
+                mesh.y_label_formatter(&percent_label).y_desc("classification rate");
             }
             mesh.draw().map_err(perr)?;
             for (ni, mi, pts) in series {
@@ -211,13 +188,9 @@ pub fn plot_curves(history: &History, path: &Path, opts: &CurveOpts) -> Result<(
                 let style = color.stroke_width(2);
                 let label = format!("{} {}", nets[*ni], opts.metrics[*mi]);
                 let anno = if mi % 2 == 0 {
-                    chart
-                        .draw_series(LineSeries::new(pts.iter().copied(), style))
-                        .map_err(perr)?
+                    chart.draw_series(LineSeries::new(pts.iter().copied(), style)).map_err(perr)?
                 } else {
-                    chart
-                        .draw_series(DashedLineSeries::new(pts.iter().copied(), 8, 5, style))
-                        .map_err(perr)?
+                    chart.draw_series(DashedLineSeries::new(pts.iter().copied(), 8, 5, style)).map_err(perr)?
                 };
                 let dashed = mi % 2 == 1;
                 // Two segments, touching for a solid line and with a gap for a dashed one.
@@ -261,11 +234,7 @@ pub fn plot_eps(series: &[Series], path: &Path, opts: &PlotOpts) -> Result<()> {
     let scale = if per_256 { 256.0 } else { 1.0 };
     let (x0, x1) = (x0 * scale, x1 * scale);
     render_png(path, opts.width, opts.height, |root| {
-        let title = if opts.title.is_empty() {
-            "accuracy vs ε"
-        } else {
-            opts.title.as_str()
-        };
+        let title = if opts.title.is_empty() { "accuracy vs ε" } else { opts.title.as_str() };
         let pad = (x1 - x0) * 0.03;
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FAMILY, 20))
@@ -275,11 +244,7 @@ pub fn plot_eps(series: &[Series], path: &Path, opts: &PlotOpts) -> Result<()> {
             .build_cartesian_2d((x0 - pad)..(x1 + pad), 0.0..1.0)
             .map_err(perr)?;
         let fmt_x = move |v: &f64| {
-            if per_256 {
-                format!("{v:.0}/256")
-            } else {
-                format!("{v:.3}")
-            }
+            if per_256 { format!("{v:.0}/256") } else { format!("{v:.3}") }
         };
         chart
             .configure_mesh()
@@ -299,15 +264,8 @@ pub fn plot_eps(series: &[Series], path: &Path, opts: &PlotOpts) -> Result<()> {
                 .draw_series(LineSeries::new(p.iter().copied(), color.stroke_width(2)))
                 .map_err(perr)?
                 .label(label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(
-                    p.iter()
-                        .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
-                )
-                .map_err(perr)?;
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart.draw_series(p.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled()))).map_err(perr)?;
         }
         chart
             .configure_series_labels()
@@ -324,9 +282,7 @@ pub fn plot_eps(series: &[Series], path: &Path, opts: &PlotOpts) -> Result<()> {
 /// pixels. The grid is square, below a title band and right of the row labels.
 pub fn confusion_grid(width: u32, height: u32, classes: usize) -> (i32, i32, i32) {
     let (left, top, right, bottom) = (110i32, 60i32, 20i32, 80i32);
-    let avail = (width as i32 - left - right)
-        .min(height as i32 - top - bottom)
-        .max(classes as i32);
+    let avail = (width as i32 - left - right).min(height as i32 - top - bottom).max(classes as i32);
     (left, top, avail / classes.max(1) as i32)
 }
 
@@ -339,12 +295,7 @@ fn heat(frac: f64) -> RGBColor {
 
 /// Confusion-matrix heat map: rows are true classes, columns predictions; colour is the row-normalised fraction
 /// (per-class recall on the diagonal), the number in each cell the count. `labels` names the classes (default 0..C).
-pub fn plot_confusion(
-    conf: &Confusion,
-    labels: &[String],
-    path: &Path,
-    opts: &PlotOpts,
-) -> Result<()> {
+pub fn plot_confusion(conf: &Confusion, labels: &[String], path: &Path, opts: &PlotOpts) -> Result<()> {
     let c = conf.classes;
     if c == 0 {
         bail!("plot_confusion: the matrix has no classes");
@@ -352,18 +303,10 @@ pub fn plot_confusion(
     if !labels.is_empty() && labels.len() != c {
         bail!("plot_confusion: {} labels for {c} classes", labels.len());
     }
-    let names: Vec<String> = if labels.is_empty() {
-        (0..c).map(|i| i.to_string()).collect()
-    } else {
-        labels.to_vec()
-    };
+    let names: Vec<String> = if labels.is_empty() { (0..c).map(|i| i.to_string()).collect() } else { labels.to_vec() };
     let (left, top, cell) = confusion_grid(opts.width, opts.height, c);
     if cell < 4 {
-        bail!(
-            "plot_confusion: {}×{} pixels is too small for {c} classes",
-            opts.width,
-            opts.height
-        );
+        bail!("plot_confusion: {}×{} pixels is too small for {c} classes", opts.width, opts.height);
     }
     render_png(path, opts.width, opts.height, |root| {
         let title = if opts.title.is_empty() {
@@ -379,10 +322,7 @@ pub fn plot_confusion(
         let center = Pos::new(HPos::Center, VPos::Center);
         root.draw_text(
             &title,
-            &(FAMILY, 18)
-                .into_font()
-                .color(&BLACK)
-                .pos(Pos::new(HPos::Center, VPos::Top)),
+            &(FAMILY, 18).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top)),
             (opts.width as i32 / 2, 12),
         )
         .map_err(perr)?;
@@ -392,16 +332,9 @@ pub fn plot_confusion(
             for (j, &k) in row.iter().enumerate() {
                 let frac = if n > 0 { k as f64 / n as f64 } else { 0.0 };
                 let (x, y) = (left + j as i32 * cell, top + i as i32 * cell);
-                root.draw(&Rectangle::new(
-                    [(x, y), (x + cell, y + cell)],
-                    heat(frac).filled(),
-                ))
-                .map_err(perr)?;
-                root.draw(&Rectangle::new(
-                    [(x, y), (x + cell, y + cell)],
-                    RGBColor(200, 200, 200).stroke_width(1),
-                ))
-                .map_err(perr)?;
+                root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], heat(frac).filled())).map_err(perr)?;
+                root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(200, 200, 200).stroke_width(1)))
+                    .map_err(perr)?;
                 let ink = if frac > 0.5 { WHITE } else { BLACK };
                 root.draw_text(
                     &k.to_string(),
@@ -414,12 +347,8 @@ pub fn plot_confusion(
         let label_font = (FAMILY, 13).into_font().color(&BLACK);
         for (i, name) in names.iter().enumerate() {
             let mid = i as i32 * cell + cell / 2;
-            root.draw_text(
-                name,
-                &label_font.pos(Pos::new(HPos::Right, VPos::Center)),
-                (left - 6, top + mid),
-            )
-            .map_err(perr)?;
+            root.draw_text(name, &label_font.pos(Pos::new(HPos::Right, VPos::Center)), (left - 6, top + mid))
+                .map_err(perr)?;
             root.draw_text(
                 name,
                 &label_font.pos(Pos::new(HPos::Center, VPos::Top)),
@@ -427,18 +356,11 @@ pub fn plot_confusion(
             )
             .map_err(perr)?;
         }
-        root.draw_text(
-            "true ↓ / predicted →",
-            &label_font.pos(Pos::new(HPos::Left, VPos::Bottom)),
-            (6, top - 6),
-        )
-        .map_err(perr)?;
+        root.draw_text("true ↓ / predicted →", &label_font.pos(Pos::new(HPos::Left, VPos::Bottom)), (6, top - 6))
+            .map_err(perr)?;
         root.draw_text(
             "predicted class",
-            &(FAMILY, 14)
-                .into_font()
-                .color(&BLACK)
-                .pos(Pos::new(HPos::Center, VPos::Top)),
+            &(FAMILY, 14).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top)),
             (left + c as i32 * cell / 2, top + c as i32 * cell + 30),
         )
         .map_err(perr)?;

@@ -68,21 +68,12 @@ impl Cell {
     }
     /// "before → after" without stds.
     pub fn change(before: f64, after: f64) -> Cell {
-        Cell::RateChange {
-            before,
-            after,
-            before_std: None,
-            after_std: None,
-        }
+        Cell::RateChange { before, after, before_std: None, after_std: None }
     }
     /// Mean ± sample std of rates over folds.
     pub fn mean_std(values: &[f64]) -> Result<Cell> {
         let (mean, std) = mean_std(values)?;
-        Ok(Cell::RateMeanStd {
-            mean,
-            std,
-            n: values.len(),
-        })
+        Ok(Cell::RateMeanStd { mean, std, n: values.len() })
     }
 
     /// The cell's kind as its JSON tag names it (`rate`, `rate_change`, ...).
@@ -112,11 +103,7 @@ impl Cell {
 
 /// Full-precision number text for CSV (rates stay fractions in [0, 1]).
 fn num_text(v: f64) -> String {
-    if v.is_nan() {
-        String::new()
-    } else {
-        format!("{v}")
-    }
+    if v.is_nan() { String::new() } else { format!("{v}") }
 }
 
 /// How one table column spreads over CSV columns, decided by the kinds of cell it holds.
@@ -133,16 +120,10 @@ impl CsvLayout {
         let mut layout = CsvLayout::Plain;
         for c in cells {
             match c {
-                Cell::RateChange {
-                    before_std,
-                    after_std,
-                    ..
-                } => {
+                Cell::RateChange { before_std, after_std, .. } => {
                     let s = before_std.is_some() || after_std.is_some();
                     layout = match layout {
-                        CsvLayout::Change { with_std } => CsvLayout::Change {
-                            with_std: with_std || s,
-                        },
+                        CsvLayout::Change { with_std } => CsvLayout::Change { with_std: with_std || s },
                         CsvLayout::MeanStd => CsvLayout::Change { with_std: true },
                         CsvLayout::Plain => CsvLayout::Change { with_std: s },
                     };
@@ -184,20 +165,10 @@ impl CsvLayout {
             Cell::Num { value, .. } | Cell::Rate { value } => vec![num_text(*value)],
             Cell::RateMeanStd { mean, std, .. } => match self {
                 // A mean ± std inside a before → after column: mean under "before", std under "before std".
-                CsvLayout::Change { .. } => vec![
-                    num_text(*mean),
-                    String::new(),
-                    num_text(*std),
-                    String::new(),
-                ],
+                CsvLayout::Change { .. } => vec![num_text(*mean), String::new(), num_text(*std), String::new()],
                 _ => vec![num_text(*mean), num_text(*std)],
             },
-            Cell::RateChange {
-                before,
-                after,
-                before_std,
-                after_std,
-            } => vec![
+            Cell::RateChange { before, after, before_std, after_std } => vec![
                 num_text(*before),
                 num_text(*after),
                 before_std.map(num_text).unwrap_or_default(),
@@ -232,12 +203,7 @@ impl fmt::Display for Cell {
                     write!(f, "{}", pct(*mean))
                 }
             }
-            Cell::RateChange {
-                before,
-                after,
-                before_std,
-                after_std,
-            } => {
+            Cell::RateChange { before, after, before_std, after_std } => {
                 let b = match before_std {
                     Some(s) => format!("{} ± {:.2}", pct(*before), s * 100.0),
                     None => pct(*before),
@@ -327,28 +293,15 @@ impl Table {
     /// `<col> before` / `<col> after` (and `... std` columns when folds were merged), a mean ± std column into
     /// `<col>` / `<col> std`. Title and notes are not part of the CSV (the JSON has them).
     pub fn to_csv(&self) -> Result<String> {
-        let layouts: Vec<CsvLayout> = (0..self.columns.len())
-            .map(|j| CsvLayout::of(&self.rows, j))
-            .collect();
+        let layouts: Vec<CsvLayout> = (0..self.columns.len()).map(|j| CsvLayout::of(&self.rows, j)).collect();
         let mut w = csv::Writer::from_writer(Vec::new());
-        let header: Vec<String> = self
-            .columns
-            .iter()
-            .zip(&layouts)
-            .flat_map(|(c, l)| l.headers(c))
-            .collect();
+        let header: Vec<String> = self.columns.iter().zip(&layouts).flat_map(|(c, l)| l.headers(c)).collect();
         w.write_record(&header)?;
         for r in &self.rows {
-            let rec: Vec<String> = r
-                .iter()
-                .zip(&layouts)
-                .flat_map(|(c, l)| l.values(c))
-                .collect();
+            let rec: Vec<String> = r.iter().zip(&layouts).flat_map(|(c, l)| l.values(c)).collect();
             w.write_record(&rec)?;
         }
-        let bytes = w
-            .into_inner()
-            .map_err(|e| anyhow::anyhow!("writing CSV: {e}"))?;
+        let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("writing CSV: {e}"))?;
         Ok(String::from_utf8(bytes)?)
     }
 
@@ -366,18 +319,8 @@ impl Table {
     /// Reads a table written by `to_json`; rows must match the columns.
     pub fn from_json(text: &str) -> Result<Table> {
         let t: Table = serde_json::from_str(text).context("reading a table from JSON")?;
-        if let Some((i, r)) = t
-            .rows
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.len() != t.columns.len())
-        {
-            bail!(
-                "table '{}': row {i} has {} cells, the table has {} columns",
-                t.title,
-                r.len(),
-                t.columns.len()
-            );
+        if let Some((i, r)) = t.rows.iter().enumerate().find(|(_, r)| r.len() != t.columns.len()) {
+            bail!("table '{}': row {i} has {} cells, the table has {} columns", t.title, r.len(), t.columns.len());
         }
         Ok(t)
     }
@@ -387,10 +330,7 @@ impl Table {
     /// Returns the files written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
         let path = path.as_ref();
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase());
+        let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
         let one = |p: &Path, fmt: &str| -> Result<()> {
             let text = match fmt {
                 "md" => self.to_markdown(),
@@ -398,8 +338,7 @@ impl Table {
                 "json" => self.to_json(),
                 _ => format!("{}\n", self.render()),
             };
-            fsutil::atomic_write(p, text.as_bytes())
-                .with_context(|| format!("saving table '{}'", self.title))
+            fsutil::atomic_write(p, text.as_bytes()).with_context(|| format!("saving table '{}'", self.title))
         };
         match ext.as_deref() {
             Some(e @ ("md" | "csv" | "json" | "txt")) => {
@@ -425,9 +364,7 @@ impl Table {
     /// differ, like per-fold example counts, become their mean). Notes are kept once each, plus one saying how many
     /// folds were merged.
     pub fn merge_folds(tables: &[Table]) -> Result<Table> {
-        let Some(first) = tables.first() else {
-            bail!("merge_folds: no tables given")
-        };
+        let Some(first) = tables.first() else { bail!("merge_folds: no tables given") };
         for (k, t) in tables.iter().enumerate() {
             if t.columns != first.columns || t.rows.len() != first.rows.len() {
                 bail!(
@@ -440,28 +377,14 @@ impl Table {
             }
         }
         let n = tables.len();
-        let mut out = Table {
-            title: first.title.clone(),
-            columns: first.columns.clone(),
-            rows: vec![],
-            notes: vec![],
-        };
+        let mut out = Table { title: first.title.clone(), columns: first.columns.clone(), rows: vec![], notes: vec![] };
         for (i, row) in first.rows.iter().enumerate() {
             let mut merged = Vec::with_capacity(row.len());
             for (j, c0) in row.iter().enumerate() {
                 let cells: Vec<&Cell> = tables.iter().map(|t| &t.rows[i][j]).collect();
                 let at = || format!("merge_folds: row {i}, column '{}'", first.columns[j]);
-                if let Some((k, c)) = cells
-                    .iter()
-                    .enumerate()
-                    .find(|(_, c)| c.kind() != c0.kind())
-                {
-                    bail!(
-                        "{}: table {k} holds a {} cell, table 0 a {} cell",
-                        at(),
-                        c.kind(),
-                        c0.kind()
-                    );
+                if let Some((k, c)) = cells.iter().enumerate().find(|(_, c)| c.kind() != c0.kind()) {
+                    bail!("{}: table {k} holds a {} cell, table 0 a {} cell", at(), c.kind(), c0.kind());
                 }
                 let nums = |f: &dyn Fn(&Cell) -> f64| -> Result<(f64, f64)> {
                     mean_std(&cells.iter().map(|c| f(c)).collect::<Vec<_>>()).with_context(at)
@@ -473,9 +396,7 @@ impl Table {
                     }
                     Cell::RateChange { .. } => {
                         let get = |c: &Cell, after: bool| match c {
-                            Cell::RateChange {
-                                before, after: a, ..
-                            } => {
+                            Cell::RateChange { before, after: a, .. } => {
                                 if after {
                                     *a
                                 } else {
@@ -486,29 +407,19 @@ impl Table {
                         };
                         let (b, bs) = nums(&|c| get(c, false))?;
                         let (a, as_) = nums(&|c| get(c, true))?;
-                        Cell::RateChange {
-                            before: b,
-                            after: a,
-                            before_std: Some(bs),
-                            after_std: Some(as_),
-                        }
+                        Cell::RateChange { before: b, after: a, before_std: Some(bs), after_std: Some(as_) }
                     }
-                    Cell::Num { digits, .. } => Cell::Num {
-                        value: nums(&|c| c.value().unwrap_or(f64::NAN))?.0,
-                        digits: *digits,
-                    },
-                    Cell::RateMeanStd { .. } => bail!(
-                        "{}: already a mean ± std (merge per-fold tables, not merged ones)",
-                        at()
-                    ),
+                    Cell::Num { digits, .. } => {
+                        Cell::Num { value: nums(&|c| c.value().unwrap_or(f64::NAN))?.0, digits: *digits }
+                    }
+                    Cell::RateMeanStd { .. } => {
+                        bail!("{}: already a mean ± std (merge per-fold tables, not merged ones)", at())
+                    }
                     Cell::Int { value } => {
                         if cells.iter().all(|c| *c == c0) {
                             Cell::Int { value: *value }
                         } else {
-                            Cell::Num {
-                                value: nums(&|c| c.value().unwrap_or(f64::NAN))?.0,
-                                digits: 1,
-                            }
+                            Cell::Num { value: nums(&|c| c.value().unwrap_or(f64::NAN))?.0, digits: 1 }
                         }
                     }
                     Cell::Text { .. } | Cell::Empty => {

@@ -23,7 +23,8 @@ pub struct CheckpointState {
 }
 
 fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
-    let cpu: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    let cpu: Vec<(String, Tensor)> =
+        named.iter().map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous())).collect();
     fsutil::atomic_write_path(path, |tmp| Tensor::write_safetensors(&cpu, tmp).map_err(Into::into))
 }
 
@@ -54,7 +55,12 @@ fn var_list(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 /// Writes a checkpoint for `step` under `run_dir/checkpoints/` and returns its directory. Older ones but the
 /// previous are removed.
-pub fn save(run_dir: &Path, trainees: &[&mut Net], parts: &[(Option<&nn::VarStore>, &Optimizer)], state: &CheckpointState) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    trainees: &[&mut Net],
+    parts: &[(Option<&nn::VarStore>, &Optimizer)],
+    state: &CheckpointState,
+) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     let name = format!("step-{:07}", state.step);
     let dir = root.join(&name);
@@ -73,13 +79,19 @@ pub fn save(run_dir: &Path, trainees: &[&mut Net], parts: &[(Option<&nn::VarStor
     }
     fsutil::atomic_write(&dir.join("state.json"), serde_json::to_string(state)?.as_bytes())?;
     let prev = latest(run_dir).ok();
-    fsutil::atomic_write(&root.join("latest.json"), serde_json::json!({"dir": name, "step": state.step}).to_string().as_bytes())?;
+    fsutil::atomic_write(
+        &root.join("latest.json"),
+        serde_json::json!({"dir": name, "step": state.step}).to_string().as_bytes(),
+    )?;
     // Keep the newest two.
     if let Ok(rd) = std::fs::read_dir(&root) {
         let keep: Vec<PathBuf> = [Some(dir.clone()), prev].into_iter().flatten().collect();
         for e in rd.flatten() {
             let p = e.path();
-            if p.is_dir() && p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("step-")) && !keep.contains(&p) {
+            if p.is_dir()
+                && p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("step-"))
+                && !keep.contains(&p)
+            {
                 let _ = std::fs::remove_dir_all(&p);
             }
         }
@@ -102,10 +114,15 @@ pub fn latest(path: &Path) -> Result<PathBuf> {
 
 /// Loads the checkpoint at `path` (a run directory or a checkpoint directory) into the trainees, DA heads and
 /// optimizers, and returns the loop state.
-pub fn load(path: &Path, trainees: &mut [&mut Net], parts: &mut [(Option<&mut nn::VarStore>, &mut Optimizer)]) -> Result<CheckpointState> {
+pub fn load(
+    path: &Path,
+    trainees: &mut [&mut Net],
+    parts: &mut [(Option<&mut nn::VarStore>, &mut Optimizer)],
+) -> Result<CheckpointState> {
     let dir = latest(path)?;
     let state: CheckpointState = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("state.json")).with_context(|| format!("reading {}", dir.join("state.json").display()))?,
+        &std::fs::read_to_string(dir.join("state.json"))
+            .with_context(|| format!("reading {}", dir.join("state.json").display()))?,
     )
     .with_context(|| format!("{} is corrupt", dir.join("state.json").display()))?;
     if state.labels.len() < trainees.len() {

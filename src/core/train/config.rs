@@ -26,7 +26,9 @@ pub enum SourcePolicy {
 pub enum LambdaSchedule {
     Constant(f64),
     /// DANN: λ_p = 2 / (1 + exp(−γ p)) − 1 with p the fraction of training done (γ = 10 in the paper).
-    Dann { gamma: f64 },
+    Dann {
+        gamma: f64,
+    },
 }
 
 impl Default for LambdaSchedule {

@@ -21,14 +21,7 @@ pub struct History {
 
 impl History {
     pub fn push(&mut self, step: usize, epoch: usize, split: &str, net: &str, metric: &str, value: f64) {
-        self.points.push(Point {
-            step,
-            epoch,
-            split: split.into(),
-            net: net.into(),
-            metric: metric.into(),
-            value,
-        });
+        self.points.push(Point { step, epoch, split: split.into(), net: net.into(), metric: metric.into(), value });
     }
 
     /// (step, value) pairs of one series, in recorded order.

@@ -61,7 +61,13 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(params: Vec<Tensor>, settings: OptimSettings) -> Self {
         let n = params.len();
-        Optimizer { settings, params, buf1: (0..n).map(|_| Tensor::new()).collect(), buf2: (0..n).map(|_| Tensor::new()).collect(), steps: 0 }
+        Optimizer {
+            settings,
+            params,
+            buf1: (0..n).map(|_| Tensor::new()).collect(),
+            buf2: (0..n).map(|_| Tensor::new()).collect(),
+            steps: 0,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -91,7 +97,11 @@ impl Optimizer {
                             } else {
                                 let _ = self.buf1[i].f_mul_scalar_(s.momentum)?.f_add_(&d)?;
                             }
-                            d = if s.nesterov { d.f_add(&(&self.buf1[i] * s.momentum))? } else { self.buf1[i].shallow_clone() };
+                            d = if s.nesterov {
+                                d.f_add(&(&self.buf1[i] * s.momentum))?
+                            } else {
+                                self.buf1[i].shallow_clone()
+                            };
                         }
                         let _ = p.f_sub_(&(d * lr))?;
                     }
@@ -136,7 +146,8 @@ impl Optimizer {
                 self.steps = t.int64_value(&[]);
                 continue;
             }
-            let (which, idx) = name.split_once('.').ok_or_else(|| anyhow::anyhow!("optimizer state: bad key {name}"))?;
+            let (which, idx) =
+                name.split_once('.').ok_or_else(|| anyhow::anyhow!("optimizer state: bad key {name}"))?;
             let i: usize = idx.parse().map_err(|_| anyhow::anyhow!("optimizer state: bad key {name}"))?;
             if i >= self.params.len() {
                 bail!("optimizer state has a buffer for parameter {i}, but there are {} parameters", self.params.len());
@@ -162,7 +173,8 @@ mod tests {
     #[test]
     fn sgd_momentum_follows_pytorch_rule() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut opt = Optimizer::new(vec![p.shallow_clone()], OptimSettings { weight_decay: 0.1, ..Default::default() });
+        let mut opt =
+            Optimizer::new(vec![p.shallow_clone()], OptimSettings { weight_decay: 0.1, ..Default::default() });
         for _ in 0..2 {
             opt.zero_grad();
             (&p * &p).sum(Kind::Float).backward();
@@ -178,7 +190,8 @@ mod tests {
     #[test]
     fn adam_first_step_moves_by_lr() {
         let p = Tensor::from_slice(&[3.0f32]).set_requires_grad(true);
-        let mut opt = Optimizer::new(vec![p.shallow_clone()], OptimSettings { kind: OptimizerKind::Adam, ..Default::default() });
+        let mut opt =
+            Optimizer::new(vec![p.shallow_clone()], OptimSettings { kind: OptimizerKind::Adam, ..Default::default() });
         opt.zero_grad();
         (&p * 5.0).sum(Kind::Float).backward();
         opt.step(0.01).unwrap();

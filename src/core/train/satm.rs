@@ -5,11 +5,11 @@
 //!      before any weight update (Algorithm 1 lines 5–6);
 //!   3. for each trainee: CE(clean) + r_adv·CE(adv from its source) + r_da·DA(clean vs adv features through a GRL)
 //!      [+ white_box·CE(own adv)], one optimizer step on the trainee and its DA head.
+use super::History;
 use super::checkpoint::{self, CheckpointState};
 use super::config::{GuardAction, SourcePolicy, TrainConfig};
 use super::grl::grl;
 use super::optim::Optimizer;
-use super::History;
 use crate::core::amp::Autocast;
 use crate::core::attacks::{self, AttackKind, AttackSpec, Target};
 use crate::core::cancel;
@@ -72,7 +72,14 @@ pub fn mix(mut z: u64) -> u64 {
 }
 
 /// Which networks (indices: trainees 0..K, then frozen K..K+F) trainee `k` learns from at `step`.
-pub fn sources_for(policy: &SourcePolicy, k: usize, n_trainees: usize, n_total: usize, step: usize, seed: u64) -> Vec<usize> {
+pub fn sources_for(
+    policy: &SourcePolicy,
+    k: usize,
+    n_trainees: usize,
+    n_total: usize,
+    step: usize,
+    seed: u64,
+) -> Vec<usize> {
     let others: Vec<usize> = match policy {
         SourcePolicy::Graph(g) => g.get(k).cloned().unwrap_or_default(),
         // The order (k+1, k+2, ... mod K, then frozen) makes round-robin match ref_satm.py's (k + 1 + it % (K−1)) % K.
@@ -157,8 +164,11 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
             bail!("network {} has {} classes but the data has {classes}", n.label(), n.num_classes());
         }
     }
-    if cfg.needs_adversarial() && !matches!(cfg.sources, SourcePolicy::Graph(_)) && n_total < 2 && cfg.white_box == 0.0 {
-        bail!("SATM needs at least two networks (trainees + frozen sources); for standard training set r_adv: 0, r_da: 0");
+    if cfg.needs_adversarial() && !matches!(cfg.sources, SourcePolicy::Graph(_)) && n_total < 2 && cfg.white_box == 0.0
+    {
+        bail!(
+            "SATM needs at least two networks (trainees + frozen sources); for standard training set r_adv: 0, r_da: 0"
+        );
     }
     if let SourcePolicy::Graph(g) = &cfg.sources {
         if g.len() != k_tr {
@@ -175,7 +185,8 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
             }
         }
     }
-    let labels = unique_labels(run.trainees.iter().map(|n| n.label()).chain(run.frozen.iter().map(|n| n.label())).collect());
+    let labels =
+        unique_labels(run.trainees.iter().map(|n| n.label()).chain(run.frozen.iter().map(|n| n.label())).collect());
     let spec = attack_spec(&cfg)?;
     let use_bf16: Vec<bool> = run
         .trainees
@@ -226,8 +237,12 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
     }
 
     if let Some(from) = &run.resume {
-        let st: CheckpointState = checkpoint::load(from, &mut run.trainees, &mut members.iter_mut().map(|m| (m.da_vs.as_mut(), &mut m.opt)).collect::<Vec<_>>())
-            .with_context(|| format!("resuming from {}", from.display()))?;
+        let st: CheckpointState = checkpoint::load(
+            from,
+            &mut run.trainees,
+            &mut members.iter_mut().map(|m| (m.da_vs.as_mut(), &mut m.opt)).collect::<Vec<_>>(),
+        )
+        .with_context(|| format!("resuming from {}", from.display()))?;
         if st.labels != labels {
             bail!("checkpoint {} was written for networks {:?}, this run has {:?}", from.display(), st.labels, labels);
         }
@@ -295,7 +310,11 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
             pb.abandon();
             let ck = save_checkpoint(&run, &members, step, &history, best, since_best, &source_counts, &labels)?;
             return Err(e.context(match ck {
-                Some(p) => format!("training stopped at step {step}; checkpoint {} (continue with resume: \"{}\")", p.display(), p.display()),
+                Some(p) => format!(
+                    "training stopped at step {step}; checkpoint {} (continue with resume: \"{}\")",
+                    p.display(),
+                    p.display()
+                ),
                 None => format!("training stopped at step {step} (no run directory, nothing saved)"),
             }));
         }
@@ -329,16 +348,20 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         // Clean batch on each device in use.
         let mut on_dev: BTreeMap<String, (Tensor, Tensor)> = BTreeMap::new();
         let mut xy = |d: Device| -> (Tensor, Tensor) {
-            on_dev
-                .entry(format!("{d:?}"))
-                .or_insert_with(|| (batch.x.to_device(d), batch.y.to_device(d)));
+            on_dev.entry(format!("{d:?}")).or_insert_with(|| (batch.x.to_device(d), batch.y.to_device(d)));
             let (x, y) = &on_dev[&format!("{d:?}")];
             (x.shallow_clone(), y.shallow_clone())
         };
 
         // 1–2: sources of this step, crafted before any update.
         let chosen: Vec<Vec<usize>> = (0..k_tr)
-            .map(|k| if cfg.r_adv != 0.0 || cfg.r_da != 0.0 { sources_for(&cfg.sources, k, k_tr, n_total, step, cfg.seed) } else { vec![] })
+            .map(|k| {
+                if cfg.r_adv != 0.0 || cfg.r_da != 0.0 {
+                    sources_for(&cfg.sources, k, k_tr, n_total, step, cfg.seed)
+                } else {
+                    vec![]
+                }
+            })
             .collect();
         let mut needed: Vec<usize> = chosen.iter().flatten().copied().collect();
         if cfg.white_box != 0.0 {
@@ -407,8 +430,14 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
                             &[Tensor::zeros([b], (Kind::Float, dev)), Tensor::ones([fa.size()[0]], (Kind::Float, dev))],
                             0,
                         )?;
-                        let da_loss = d.f_binary_cross_entropy_with_logits::<Tensor>(&dom, None, None, Reduction::Mean)?;
-                        let dom_acc = d.f_gt(0.0)?.f_to_kind(Kind::Float)?.f_eq_tensor(&dom)?.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?;
+                        let da_loss =
+                            d.f_binary_cross_entropy_with_logits::<Tensor>(&dom, None, None, Reduction::Mean)?;
+                        let dom_acc = d
+                            .f_gt(0.0)?
+                            .f_to_kind(Kind::Float)?
+                            .f_eq_tensor(&dom)?
+                            .f_to_kind(Kind::Float)?
+                            .f_mean(Kind::Float)?;
                         m_acc(&mut accs[k], "da_loss", &da_loss)?;
                         accs[k].add("domain_acc", dom_acc.f_double_value(&[])?);
                         loss = loss.f_add(&(da_loss * cfg.r_da))?;
@@ -426,7 +455,10 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
             let lv = loss.f_double_value(&[])?;
             if !lv.is_finite() {
                 pb.abandon();
-                let kept = last_checkpoint.as_ref().map(|p| format!("; the last good checkpoint is {}", p.display())).unwrap_or_default();
+                let kept = last_checkpoint
+                    .as_ref()
+                    .map(|p| format!("; the last good checkpoint is {}", p.display()))
+                    .unwrap_or_default();
                 bail!(
                     "trainee {} ({}): loss is {lv} at step {step} (lr {lr}); training stopped{kept}. Lower lr or check the data",
                     k,
@@ -518,9 +550,10 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         // Validation and early stopping.
         if let Some(val) = run.val {
             if step % eval_every == 0 || step == total_steps {
-                let total = validate(&run, val, &cfg, &spec, &use_bf16, &labels, step, epoch, &mut |s, e, sp, n, m, v| {
-                    emit(&mut history, s, e, sp, n, m, v)
-                })?;
+                let total =
+                    validate(&run, val, &cfg, &spec, &use_bf16, &labels, step, epoch, &mut |s, e, sp, n, m, v| {
+                        emit(&mut history, s, e, sp, n, m, v)
+                    })?;
                 if best.is_none_or(|(b, _)| total < b) {
                     best = Some((total, step));
                     since_best = 0;
@@ -538,7 +571,8 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         }
 
         if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < total_steps {
-            last_checkpoint = save_checkpoint(&run, &members, step, &history, best, since_best, &source_counts, &labels)?;
+            last_checkpoint =
+                save_checkpoint(&run, &members, step, &history, best, since_best, &source_counts, &labels)?;
         }
     }
     pb.finish_and_clear();
@@ -618,7 +652,14 @@ fn validate(
     let mut needed: Vec<usize> = srcs.iter().flatten().copied().collect();
     needed.sort_unstable();
     needed.dedup();
-    let opts = BatchOpts { batch_size: cfg.batch_size, shuffle: false, seed: 0, augment: false, drop_last: false, device: Device::Cpu };
+    let opts = BatchOpts {
+        batch_size: cfg.batch_size,
+        shuffle: false,
+        seed: 0,
+        augment: false,
+        drop_last: false,
+        device: Device::Cpu,
+    };
     let mut sums = vec![[0f64; 4]; k_tr]; // clean correct, clean loss·n, adv correct, adv loss·n
     let (mut n, mut n_adv) = (0f64, vec![0f64; k_tr]);
     for (bi, b) in val.batches(&opts)?.enumerate() {

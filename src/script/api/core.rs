@@ -87,31 +87,50 @@ pub fn register(engine: &mut Engine) {
         });
     doc("params", &[], "Map", "All `--set` parameters of this run.")
         .register_into_engine(engine, || state::with(|s| s.params.clone()));
-    doc("out_dir", &[], "String", "This run's output directory (created on first use): --out DIR, else runs/<script>/<time>.")
-        .register_into_engine(engine, || -> RResult<String> {
-            guard("out_dir", || Ok(state::out_dir()?.display().to_string()))
-        });
-    doc("out_path", &["name: &str"], "String", "A path inside this run's output directory.")
-        .register_into_engine(engine, |name: &str| -> RResult<String> {
+    doc(
+        "out_dir",
+        &[],
+        "String",
+        "This run's output directory (created on first use): --out DIR, else runs/<script>/<time>.",
+    )
+    .register_into_engine(engine, || -> RResult<String> {
+        guard("out_dir", || Ok(state::out_dir()?.display().to_string()))
+    });
+    doc("out_path", &["name: &str"], "String", "A path inside this run's output directory.").register_into_engine(
+        engine,
+        |name: &str| -> RResult<String> {
             guard("out_path", || Ok(state::out_dir()?.join(name).display().to_string()))
-        });
-    doc("data_root", &[], "String", "Where the shipped data sets are: $SATM_DATA, else ../shared/data beside the satm checkout.")
-        .register_into_engine(engine, || crate::script::data_root().display().to_string());
+        },
+    );
+    doc(
+        "data_root",
+        &[],
+        "String",
+        "Where the shipped data sets are: $SATM_DATA, else ../shared/data beside the satm checkout.",
+    )
+    .register_into_engine(engine, || crate::script::data_root().display().to_string());
     doc("record", &["name: &str", "value: ?"], "()", "Stores a value (number, string, array, map, table) under `name` in the run directory's results.json; `satm grid collect` merges these across points.")
         .register_into_engine(engine, |name: &str, value: Dynamic| -> RResult<()> {
             guard("record", || record_json(name, dynamic_to_json(&value)))
         });
-    doc("results", &[], "Map", "The values recorded so far in this run's results.json.")
-        .register_into_engine(engine, || -> RResult<Map> {
+    doc("results", &[], "Map", "The values recorded so far in this run's results.json.").register_into_engine(
+        engine,
+        || -> RResult<Map> {
             guard("results", || {
                 let m = read_results()?;
                 Ok(json_to_dynamic(&serde_json::Value::Object(m)).cast::<Map>())
             })
-        });
-    doc("info", &[], "Map", "Versions, CPU features, CUDA devices, threads, default device and precision (what `satm info` prints).")
-        .register_into_engine(engine, || -> RResult<Map> {
-            guard("info", || Ok(json_to_dynamic(&crate::cli::info_json()).cast::<Map>()))
-        });
+        },
+    );
+    doc(
+        "info",
+        &[],
+        "Map",
+        "Versions, CPU features, CUDA devices, threads, default device and precision (what `satm info` prints).",
+    )
+    .register_into_engine(engine, || -> RResult<Map> {
+        guard("info", || Ok(json_to_dynamic(&crate::cli::info_json()).cast::<Map>()))
+    });
     doc("cancelled", &[], "bool", "Whether Ctrl-C was pressed (long script loops can poll it and stop cleanly).")
         .register_into_engine(engine, crate::core::cancel::is_cancelled);
     doc("timestamp", &[], "String", "The current time as YYYYmmdd-HHMMSS (UTC).")

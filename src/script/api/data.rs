@@ -35,12 +35,7 @@ impl IntoIterator for BatchesV {
     fn into_iter(self) -> Self::IntoIter {
         match self.ds.batches(&self.opts) {
             Ok(b) => Box::new(b.map(|r| {
-                r.map(|b| BatchV {
-                    x: TensorV(b.x),
-                    y: TensorV(b.y),
-                    idx: b.idx,
-                })
-                .map_err(|e| {
+                r.map(|b| BatchV { x: TensorV(b.x), y: TensorV(b.y), idx: b.idx }).map_err(|e| {
                     if crate::core::cancel::is_cancel_error(&e) {
                         script_err("cancelled by Ctrl-C")
                     } else {
@@ -59,8 +54,7 @@ fn decode_opts(o: &Opts, default_size: i64) -> RResult<DecodeOpts> {
     let resize = o.choice_or("resize", "crop", &["crop", "stretch"])?;
     Ok(DecodeOpts {
         size,
-        resize: data::Resize::parse(&resize)
-            .map_err(|e| script_err(format!("{}: {e}", o.func())))?,
+        resize: data::Resize::parse(&resize).map_err(|e| script_err(format!("{}: {e}", o.func())))?,
         cache: o.bool_or("cache", true)?,
         cache_dir: o.opt_str("cache_dir")?.map(PathBuf::from),
         threads: 0,
@@ -70,10 +64,7 @@ fn decode_opts(o: &Opts, default_size: i64) -> RResult<DecodeOpts> {
 fn seed_opt(o: &Opts) -> RResult<u64> {
     let s = o.i64_or("seed", state::with(|s| s.seed) as i64)?;
     if s < 0 {
-        return Err(script_err(format!(
-            "{}: seed must be >= 0, got {s}",
-            o.func()
-        )));
+        return Err(script_err(format!("{}: seed must be >= 0, got {s}", o.func())));
     }
     Ok(s as u64)
 }
@@ -98,10 +89,7 @@ fn fold_map(ds: &Dataset, f: i64) -> anyhow::Result<Dynamic> {
 }
 
 fn report_map(r: &data::LoadReport) -> Map {
-    r.dropped
-        .iter()
-        .map(|(k, v)| (k.as_str().into(), Dynamic::from_int(*v as i64)))
-        .collect()
+    r.dropped.iter().map(|(k, v)| (k.as_str().into(), Dynamic::from_int(*v as i64))).collect()
 }
 
 const ADIENCE_KEYS: &[&str] = &[
@@ -133,100 +121,46 @@ const UTK_KEYS: &[&str] = &[
     "cache",
     "cache_dir",
 ];
-const FOLDER_KEYS: &[&str] = &[
-    "root",
-    "size",
-    "resize",
-    "classes",
-    "folds",
-    "fold",
-    "seed",
-    "skip_missing",
-    "skip_bad",
-    "cache",
-    "cache_dir",
-];
-const MANIFEST_KEYS: &[&str] = &[
-    "path",
-    "size",
-    "resize",
-    "classes",
-    "folds",
-    "fold",
-    "seed",
-    "skip_missing",
-    "skip_bad",
-    "cache",
-    "cache_dir",
-];
-const SYNTH_KEYS: &[&str] = &[
-    "n", "classes", "size", "seed", "noise", "folds", "groups", "fold",
-];
+const FOLDER_KEYS: &[&str] =
+    &["root", "size", "resize", "classes", "folds", "fold", "seed", "skip_missing", "skip_bad", "cache", "cache_dir"];
+const MANIFEST_KEYS: &[&str] =
+    &["path", "size", "resize", "classes", "folds", "fold", "seed", "skip_missing", "skip_bad", "cache", "cache_dir"];
+const SYNTH_KEYS: &[&str] = &["n", "classes", "size", "seed", "noise", "folds", "groups", "fold"];
 
 fn load_adience(m: Map) -> RResult<Dynamic> {
     let o = Opts::new("adience", m, ADIENCE_KEYS)?;
-    let root = o
-        .opt_str("root")?
-        .map(PathBuf::from)
-        .unwrap_or_else(|| data_root().join("adience"));
+    let root = o.opt_str("root")?.map(PathBuf::from).unwrap_or_else(|| data_root().join("adience"));
     let task = o.choice_or("task", "age", &["age", "gender"])?;
     let mapping = o.choice_or("age_mapping", "standard", &["standard", "nearest"])?;
     let faces = o.choice_or("faces", "faces", &["faces", "aligned"])?;
     let opts = data::AdienceOpts {
         decode: decode_opts(&o, 64)?,
-        task: if task == "age" {
-            data::Task::Age
-        } else {
-            data::Task::Gender
-        },
-        age_mapping: if mapping == "nearest" {
-            data::AgeMapping::Nearest
-        } else {
-            data::AgeMapping::Standard
-        },
+        task: if task == "age" { data::Task::Age } else { data::Task::Gender },
+        age_mapping: if mapping == "nearest" { data::AgeMapping::Nearest } else { data::AgeMapping::Standard },
         drop_duplicates: o.bool_or("drop_duplicates", false)?,
         skip_missing: o.bool_or("skip_missing", false)?,
         skip_bad: o.bool_or("skip_bad", false)?,
-        faces: if faces == "aligned" {
-            data::FaceSet::Aligned
-        } else {
-            data::FaceSet::Faces
-        },
+        faces: if faces == "aligned" { data::FaceSet::Aligned } else { data::FaceSet::Faces },
     };
     let fold = o.opt_i64("fold")?;
-    guard("adience", || {
-        finish("adience", data::adience(&root, &opts)?, fold)
-    })
+    guard("adience", || finish("adience", data::adience(&root, &opts)?, fold))
 }
 
 fn load_utkface(m: Map) -> RResult<Dynamic> {
     let o = Opts::new("utkface", m, UTK_KEYS)?;
-    let root = o
-        .opt_str("root")?
-        .map(PathBuf::from)
-        .unwrap_or_else(|| data_root().join("utkface"));
+    let root = o.opt_str("root")?.map(PathBuf::from).unwrap_or_else(|| data_root().join("utkface"));
     let mapping = o.choice_or("mapping", "drop", &["drop", "nearest"])?;
     let task = o.choice_or("task", "age", &["age", "gender"])?;
     let limit = o.opt_i64("limit")?;
     if let Some(l) = limit
         && l < 1
     {
-        return Err(script_err(format!(
-            "utkface: limit must be at least 1, got {l}"
-        )));
+        return Err(script_err(format!("utkface: limit must be at least 1, got {l}")));
     }
     let opts = data::UtkOpts {
         decode: decode_opts(&o, 64)?,
-        mapping: if mapping == "nearest" {
-            data::UtkMapping::Nearest
-        } else {
-            data::UtkMapping::Drop
-        },
-        task: if task == "age" {
-            data::UtkTask::Age
-        } else {
-            data::UtkTask::Gender
-        },
+        mapping: if mapping == "nearest" { data::UtkMapping::Nearest } else { data::UtkMapping::Drop },
+        task: if task == "age" { data::UtkTask::Age } else { data::UtkTask::Gender },
         folds: o.usize_or("folds", 5)?,
         seed: seed_opt(&o)?,
         limit: limit.map(|l| l as usize),
@@ -234,9 +168,7 @@ fn load_utkface(m: Map) -> RResult<Dynamic> {
         skip_bad: o.bool_or("skip_bad", false)?,
     };
     let fold = o.opt_i64("fold")?;
-    guard("utkface", || {
-        finish("utkface", data::utkface(&root, &opts)?, fold)
-    })
+    guard("utkface", || finish("utkface", data::utkface(&root, &opts)?, fold))
 }
 
 fn manifest_opts(o: &Opts) -> RResult<data::ManifestOpts> {
@@ -249,9 +181,7 @@ fn manifest_opts(o: &Opts) -> RResult<data::ManifestOpts> {
                     v.clone()
                         .into_immutable_string()
                         .map(|s| s.to_string())
-                        .map_err(|_| {
-                            script_err(format!("{}: classes must be an array of strings", o.func()))
-                        })
+                        .map_err(|_| script_err(format!("{}: classes must be an array of strings", o.func())))
                 })
                 .collect::<RResult<Vec<String>>>()?,
         ),
@@ -268,34 +198,18 @@ fn manifest_opts(o: &Opts) -> RResult<data::ManifestOpts> {
 
 fn load_folder(m: Map) -> RResult<Dynamic> {
     let o = Opts::new("image_folder", m, FOLDER_KEYS)?;
-    let root = o
-        .opt_str("root")?
-        .ok_or_else(|| script_err("image_folder: option 'root' is required"))?;
+    let root = o.opt_str("root")?.ok_or_else(|| script_err("image_folder: option 'root' is required"))?;
     let opts = manifest_opts(&o)?;
     let fold = o.opt_i64("fold")?;
-    guard("image_folder", || {
-        finish(
-            "image_folder",
-            data::image_folder(&PathBuf::from(&root), &opts)?,
-            fold,
-        )
-    })
+    guard("image_folder", || finish("image_folder", data::image_folder(&PathBuf::from(&root), &opts)?, fold))
 }
 
 fn load_manifest(m: Map) -> RResult<Dynamic> {
     let o = Opts::new("csv_manifest", m, MANIFEST_KEYS)?;
-    let path = o
-        .opt_str("path")?
-        .ok_or_else(|| script_err("csv_manifest: option 'path' is required"))?;
+    let path = o.opt_str("path")?.ok_or_else(|| script_err("csv_manifest: option 'path' is required"))?;
     let opts = manifest_opts(&o)?;
     let fold = o.opt_i64("fold")?;
-    guard("csv_manifest", || {
-        finish(
-            "csv_manifest",
-            data::csv_manifest(&PathBuf::from(&path), &opts)?,
-            fold,
-        )
-    })
+    guard("csv_manifest", || finish("csv_manifest", data::csv_manifest(&PathBuf::from(&path), &opts)?, fold))
 }
 
 fn load_synthetic(m: Map) -> RResult<Dynamic> {
@@ -311,21 +225,13 @@ fn load_synthetic(m: Map) -> RResult<Dynamic> {
         groups: o.usize_or("groups", d.groups)?,
     };
     let fold = o.opt_i64("fold")?;
-    guard("synthetic", || {
-        finish("synthetic", data::synthetic(&opts)?, fold)
-    })
+    guard("synthetic", || finish("synthetic", data::synthetic(&opts)?, fold))
 }
 
 fn batch_opts(size: i64, m: Map) -> RResult<BatchOpts> {
-    let o = Opts::new(
-        "batches",
-        m,
-        &["shuffle", "seed", "augment", "drop_last", "device"],
-    )?;
+    let o = Opts::new("batches", m, &["shuffle", "seed", "augment", "drop_last", "device"])?;
     if size < 1 {
-        return Err(script_err(format!(
-            "batches: batch size must be at least 1, got {size}"
-        )));
+        return Err(script_err(format!("batches: batch size must be at least 1, got {size}")));
     }
     let device = match o.opt_str("device")? {
         Some(d) => guard("batches", || crate::core::device::parse_device(&d))?,
@@ -360,16 +266,9 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("to_string", |d: &mut DatasetV| d.0.to_string());
     engine.register_fn("to_debug", |d: &mut DatasetV| d.0.to_string());
     engine.register_fn("to_string", |b: &mut BatchesV| {
-        format!(
-            "Batches[{}; {} batches of {}]",
-            b.ds.name,
-            b.ds.len().div_ceil(b.opts.batch_size),
-            b.opts.batch_size
-        )
+        format!("Batches[{}; {} batches of {}]", b.ds.name, b.ds.len().div_ceil(b.opts.batch_size), b.opts.batch_size)
     });
-    engine.register_fn("to_string", |b: &mut BatchV| {
-        format!("Batch[{} items; x {}; y {}]", b.idx.len(), b.x, b.y)
-    });
+    engine.register_fn("to_string", |b: &mut BatchV| format!("Batch[{} items; x {}; y {}]", b.idx.len(), b.x, b.y));
 
     doc(
         "adience",
@@ -392,13 +291,8 @@ pub fn register(engine: &mut Engine) {
          skip_missing, skip_bad, cache, cache_dir; fold: i returns #{train, test}.",
     )
     .register_into_engine(engine, load_utkface);
-    doc(
-        "utkface",
-        &[],
-        "Dataset",
-        "UTKFace with the default options.",
-    )
-    .register_into_engine(engine, || load_utkface(Map::new()));
+    doc("utkface", &[], "Dataset", "UTKFace with the default options.")
+        .register_into_engine(engine, || load_utkface(Map::new()));
     doc(
         "image_folder",
         &["opts: Map"],
@@ -425,13 +319,8 @@ pub fn register(engine: &mut Engine) {
          folds (0), groups (0: no subjects), fold.",
     )
     .register_into_engine(engine, load_synthetic);
-    doc(
-        "synthetic",
-        &[],
-        "Dataset",
-        "The synthetic dataset with default options.",
-    )
-    .register_into_engine(engine, || load_synthetic(Map::new()));
+    doc("synthetic", &[], "Dataset", "The synthetic dataset with default options.")
+        .register_into_engine(engine, || load_synthetic(Map::new()));
 
     doc("len", &["ds: Dataset"], "int", "Number of items.")
         .register_into_engine(engine, |d: &mut DatasetV| d.0.len() as i64);
@@ -443,27 +332,15 @@ pub fn register(engine: &mut Engine) {
     engine.register_get("folds", |d: &mut DatasetV| i64_array(&d.0.folds));
     engine.register_get("groups", |d: &mut DatasetV| str_array(&d.0.groups));
     engine.register_get("paths", |d: &mut DatasetV| str_array(&d.0.paths));
-    engine.register_get("images", |d: &mut DatasetV| {
-        TensorV(d.0.images.shallow_clone())
-    });
+    engine.register_get("images", |d: &mut DatasetV| TensorV(d.0.images.shallow_clone()));
     engine.register_get("report", |d: &mut DatasetV| report_map(&d.0.report));
-    doc(
-        "load_summary",
-        &["ds: Dataset"],
-        "String",
-        "What the loader kept and left out, by reason.",
-    )
-    .register_into_engine(engine, |d: &mut DatasetV| d.0.report.summary(&d.0.name));
+    doc("load_summary", &["ds: Dataset"], "String", "What the loader kept and left out, by reason.")
+        .register_into_engine(engine, |d: &mut DatasetV| d.0.report.summary(&d.0.name));
 
-    doc(
-        "fold",
-        &["ds: Dataset", "i: int"],
-        "Map",
-        "Cross-validation split #{train: other folds, test: fold i}.",
-    )
-    .register_into_engine(engine, |d: &mut DatasetV, i: i64| -> RResult<Map> {
-        guard("fold", || Ok(fold_map(&d.0, i)?.cast::<Map>()))
-    });
+    doc("fold", &["ds: Dataset", "i: int"], "Map", "Cross-validation split #{train: other folds, test: fold i}.")
+        .register_into_engine(engine, |d: &mut DatasetV, i: i64| -> RResult<Map> {
+            guard("fold", || Ok(fold_map(&d.0, i)?.cast::<Map>()))
+        });
     doc(
         "split",
         &["ds: Dataset", "frac: float", "seed: int"],
@@ -478,31 +355,23 @@ pub fn register(engine: &mut Engine) {
             Ok(split_map(a, b, ["train", "val"]))
         })
     });
-    doc(
-        "split",
-        &["ds: Dataset", "frac: float"],
-        "Map",
-        "split(frac, seed) with the session seed.",
-    )
-    .register_into_engine(engine, |d: &mut DatasetV, frac: f64| -> RResult<Map> {
-        guard("split", || {
-            let (a, b) = d.0.split_val(frac, state::with(|s| s.seed))?;
-            Ok(split_map(a, b, ["train", "val"]))
-        })
-    });
-    doc(
-        "take",
-        &["ds: Dataset", "n: int"],
-        "Dataset",
-        "The first n items (all when n >= len).",
-    )
-    .register_into_engine(engine, |d: &mut DatasetV, n: i64| -> RResult<DatasetV> {
-        guard("take", || {
-            anyhow::ensure!(n >= 0, "n must be >= 0, got {n}");
-            let idx: Vec<i64> = (0..(n as usize).min(d.0.len()) as i64).collect();
-            Ok(wrap(d.0.subset(&idx)?))
-        })
-    });
+    doc("split", &["ds: Dataset", "frac: float"], "Map", "split(frac, seed) with the session seed.")
+        .register_into_engine(engine, |d: &mut DatasetV, frac: f64| -> RResult<Map> {
+            guard("split", || {
+                let (a, b) = d.0.split_val(frac, state::with(|s| s.seed))?;
+                Ok(split_map(a, b, ["train", "val"]))
+            })
+        });
+    doc("take", &["ds: Dataset", "n: int"], "Dataset", "The first n items (all when n >= len).").register_into_engine(
+        engine,
+        |d: &mut DatasetV, n: i64| -> RResult<DatasetV> {
+            guard("take", || {
+                anyhow::ensure!(n >= 0, "n must be >= 0, got {n}");
+                let idx: Vec<i64> = (0..(n as usize).min(d.0.len()) as i64).collect();
+                Ok(wrap(d.0.subset(&idx)?))
+            })
+        },
+    );
     doc(
         "subset",
         &["ds: Dataset", "n: int"],
@@ -512,45 +381,23 @@ pub fn register(engine: &mut Engine) {
     .register_into_engine(engine, |d: &mut DatasetV, n: i64| -> RResult<DatasetV> {
         guard("subset", || {
             anyhow::ensure!(n >= 1, "n must be >= 1, got {n}");
-            let take = data::stratified_take(
-                &d.0.labels,
-                d.0.classes.len(),
-                n as usize,
-                state::with(|s| s.seed),
-            );
+            let take = data::stratified_take(&d.0.labels, d.0.classes.len(), n as usize, state::with(|s| s.seed));
             let idx: Vec<i64> = take.into_iter().map(|i| i as i64).collect();
             Ok(wrap(d.0.subset(&idx)?))
         })
     });
-    doc(
-        "subset",
-        &["ds: Dataset", "indices: Array"],
-        "Dataset",
-        "The items at the given indices, in that order.",
-    )
-    .register_into_engine(
-        engine,
-        |d: &mut DatasetV, idx: Array| -> RResult<DatasetV> {
+    doc("subset", &["ds: Dataset", "indices: Array"], "Dataset", "The items at the given indices, in that order.")
+        .register_into_engine(engine, |d: &mut DatasetV, idx: Array| -> RResult<DatasetV> {
             guard("subset", || {
                 let idx: Vec<i64> = idx
                     .iter()
-                    .map(|v| {
-                        v.as_int().map_err(|_| {
-                            anyhow::anyhow!("indices must be integers, got {}", v.type_name())
-                        })
-                    })
+                    .map(|v| v.as_int().map_err(|_| anyhow::anyhow!("indices must be integers, got {}", v.type_name())))
                     .collect::<anyhow::Result<_>>()?;
                 Ok(wrap(d.0.subset(&idx)?))
             })
-        },
-    );
-    doc(
-        "class_counts",
-        &["ds: Dataset"],
-        "Table",
-        "Items per class (per fold when the dataset has folds).",
-    )
-    .register_into_engine(engine, |d: &mut DatasetV| d.0.counts_table());
+        });
+    doc("class_counts", &["ds: Dataset"], "Table", "Items per class (per fold when the dataset has folds).")
+        .register_into_engine(engine, |d: &mut DatasetV| d.0.counts_table());
 
     doc(
         "batches",
@@ -563,48 +410,25 @@ pub fn register(engine: &mut Engine) {
     .register_into_engine(engine, |d: &mut DatasetV, size: i64, m: Map| -> RResult<BatchesV> {
         Ok(BatchesV { ds: d.0.clone(), opts: batch_opts(size, m)? })
     });
-    doc(
-        "batches",
-        &["ds: Dataset", "size: int"],
-        "Batches",
-        "batches(size, #{}) with the defaults.",
-    )
-    .register_into_engine(engine, |d: &mut DatasetV, size: i64| -> RResult<BatchesV> {
-        Ok(BatchesV {
-            ds: d.0.clone(),
-            opts: batch_opts(size, Map::new())?,
-        })
-    });
-    doc(
-        "len",
-        &["b: Batches"],
-        "int",
-        "Number of batches in the epoch.",
-    )
-    .register_into_engine(engine, |b: &mut BatchesV| {
-        let n = b.ds.len();
-        let bs = b.opts.batch_size;
-        (if b.opts.drop_last {
-            n / bs
-        } else {
-            n.div_ceil(bs)
-        }) as i64
-    });
-    doc(
-        "epoch",
-        &["b: Batches", "e: int"],
-        "Batches",
-        "The same batches for epoch e (seed + e).",
-    )
-    .register_into_engine(engine, |b: &mut BatchesV, e: i64| -> RResult<BatchesV> {
-        if e < 0 {
-            return Err(script_err(format!("epoch: must be >= 0, got {e}")));
-        }
-        Ok(BatchesV {
-            ds: b.ds.clone(),
-            opts: b.opts.epoch(e as u64),
-        })
-    });
+    doc("batches", &["ds: Dataset", "size: int"], "Batches", "batches(size, #{}) with the defaults.")
+        .register_into_engine(engine, |d: &mut DatasetV, size: i64| -> RResult<BatchesV> {
+            Ok(BatchesV { ds: d.0.clone(), opts: batch_opts(size, Map::new())? })
+        });
+    doc("len", &["b: Batches"], "int", "Number of batches in the epoch.").register_into_engine(
+        engine,
+        |b: &mut BatchesV| {
+            let n = b.ds.len();
+            let bs = b.opts.batch_size;
+            (if b.opts.drop_last { n / bs } else { n.div_ceil(bs) }) as i64
+        },
+    );
+    doc("epoch", &["b: Batches", "e: int"], "Batches", "The same batches for epoch e (seed + e).")
+        .register_into_engine(engine, |b: &mut BatchesV, e: i64| -> RResult<BatchesV> {
+            if e < 0 {
+                return Err(script_err(format!("epoch: must be >= 0, got {e}")));
+            }
+            Ok(BatchesV { ds: b.ds.clone(), opts: b.opts.epoch(e as u64) })
+        });
     engine.register_get("x", |b: &mut BatchV| b.x.clone());
     engine.register_get("y", |b: &mut BatchV| b.y.clone());
     engine.register_get("idx", |b: &mut BatchV| i64_array(&b.idx));

@@ -8,8 +8,8 @@ use crate::core::amp::Autocast;
 use crate::core::attacks::{AttackKind, AttackSpec};
 use crate::core::eval::tables::{self, ChangeRow, VariantsRow};
 use crate::core::eval::{
-    EvalOpts, EvalResult, MaskingOpts, Metric, Rates, RobustOpts, Sources, eps_sweep, evaluate,
-    fmt_eps, masking_report, robust_eval, transfer_matrix,
+    EvalOpts, EvalResult, MaskingOpts, Metric, Rates, RobustOpts, Sources, eps_sweep, evaluate, fmt_eps,
+    masking_report, robust_eval, transfer_matrix,
 };
 use crate::core::models::{Classifier, Net};
 use crate::core::report::Table;
@@ -40,12 +40,7 @@ struct Parsed {
 /// Splits `map` into the evaluation keys, `extra` keys (returned as validated `Opts`) and the attack's keys, which
 /// go to the attacks module's parser (so each attack accepts exactly its own settings). `default_attack` applies
 /// when no `attack` key is given (`None`: clean evaluation).
-fn parse(
-    func: &str,
-    mut map: Map,
-    extra: &[&str],
-    default_attack: Option<&str>,
-) -> RResult<Parsed> {
+fn parse(func: &str, mut map: Map, extra: &[&str], default_attack: Option<&str>) -> RResult<Parsed> {
     let mut mine = Map::new();
     for k in EVAL_KEYS.iter().chain(extra) {
         if let Some(v) = map.remove(*k) {
@@ -70,9 +65,7 @@ fn parse(
             None
         }
         Some(name) => {
-            let kind: AttackKind = name
-                .parse()
-                .map_err(|e: anyhow::Error| script_err(format!("{func}: {e:#}")))?;
+            let kind: AttackKind = name.parse().map_err(|e: anyhow::Error| script_err(format!("{func}: {e:#}")))?;
             Some(spec_from_opts(func, kind, map, &valid)?)
         }
     };
@@ -81,34 +74,21 @@ fn parse(
         Some(v) => models_of(func, "sources", v)?,
     };
     if !sources.is_empty() && attack.is_none() {
-        return Err(script_err(format!(
-            "{func}: 'sources' given but no attack to craft with them"
-        )));
+        return Err(script_err(format!("{func}: 'sources' given but no attack to craft with them")));
     }
     let seed = match o.opt_i64("seed")? {
         Some(s) if s < 0 => {
-            return Err(script_err(format!(
-                "{func}: option 'seed' must be >= 0, got {s}"
-            )));
+            return Err(script_err(format!("{func}: option 'seed' must be >= 0, got {s}")));
         }
         Some(s) => s as u64,
         None => state::with(|s| s.seed),
     };
     let batch = o.usize_or("batch", 64)?;
     if batch == 0 {
-        return Err(script_err(format!(
-            "{func}: option 'batch' must be at least 1"
-        )));
+        return Err(script_err(format!("{func}: option 'batch' must be at least 1")));
     }
     let limit = o.opt_i64("limit")?.map(|l| l.max(0) as usize);
-    Ok(Parsed {
-        batch,
-        limit,
-        seed,
-        attack,
-        sources,
-        extra: o,
-    })
+    Ok(Parsed { batch, limit, seed, attack, sources, extra: o })
 }
 
 /// One Model or an array of Models.
@@ -116,32 +96,22 @@ fn models_of(func: &str, key: &str, v: &Dynamic) -> RResult<Vec<ModelV>> {
     if let Some(m) = v.clone().try_cast::<ModelV>() {
         return Ok(vec![m]);
     }
-    let arr = v.clone().into_array().map_err(|t| {
-        script_err(format!(
-            "{func}: '{key}' must be a Model or an array of Models, got {t}"
-        ))
-    })?;
+    let arr = v
+        .clone()
+        .into_array()
+        .map_err(|t| script_err(format!("{func}: '{key}' must be a Model or an array of Models, got {t}")))?;
     arr.into_iter()
         .enumerate()
         .map(|(i, m)| {
-            m.clone().try_cast::<ModelV>().ok_or_else(|| {
-                script_err(format!(
-                    "{func}: {key}[{i}] must be a Model, got {}",
-                    m.type_name()
-                ))
-            })
+            m.clone()
+                .try_cast::<ModelV>()
+                .ok_or_else(|| script_err(format!("{func}: {key}[{i}] must be a Model, got {}", m.type_name())))
         })
         .collect()
 }
 
 fn borrow(models: &[ModelV]) -> anyhow::Result<Vec<Ref<'_, Net>>> {
-    models
-        .iter()
-        .map(|m| {
-            m.0.try_borrow()
-                .map_err(|_| anyhow!("a model is in use (being trained?)"))
-        })
-        .collect()
+    models.iter().map(|m| m.0.try_borrow().map_err(|_| anyhow!("a model is in use (being trained?)"))).collect()
 }
 
 fn dyns<'a>(nets: &'a [Ref<'a, Net>]) -> Vec<&'a dyn Classifier> {
@@ -149,10 +119,7 @@ fn dyns<'a>(nets: &'a [Ref<'a, Net>]) -> Vec<&'a dyn Classifier> {
 }
 
 /// Runs `f` under the session's precision (bf16 autocast where it resolves so) on `device`.
-fn with_precision<T>(
-    device: tch::Device,
-    f: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+fn with_precision<T>(device: tch::Device, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let (bf16, _) = state::with(|s| s.precision).resolve(device);
     let _ac = Autocast::new(device, bf16)?;
     f()
@@ -168,26 +135,15 @@ pub fn result_map(r: &EvalResult) -> Map {
         .confusion
         .counts
         .iter()
-        .map(|row| {
-            Dynamic::from_array(i64_array(
-                &row.iter().map(|&c| c as i64).collect::<Vec<_>>(),
-            ))
-        })
+        .map(|row| Dynamic::from_array(i64_array(&row.iter().map(|&c| c as i64).collect::<Vec<_>>())))
         .collect();
     m.insert("confusion".into(), Dynamic::from_array(rows));
-    let per: Array = r
-        .confusion
-        .per_class()
-        .into_iter()
-        .map(|p| p.map(Dynamic::from_float).unwrap_or(Dynamic::UNIT))
-        .collect();
+    let per: Array =
+        r.confusion.per_class().into_iter().map(|p| p.map(Dynamic::from_float).unwrap_or(Dynamic::UNIT)).collect();
     m.insert("per_class".into(), Dynamic::from_array(per));
     m.insert("model".into(), Dynamic::from(r.model.clone()));
     m.insert("sources".into(), Dynamic::from_array(str_array(&r.sources)));
-    m.insert(
-        "attack".into(),
-        r.attack.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT),
-    );
+    m.insert("attack".into(), r.attack.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT));
     m.insert("setting".into(), Dynamic::from(r.setting()));
     m.insert("seed".into(), Dynamic::from_int(r.seed as i64));
     m
@@ -205,31 +161,18 @@ fn rates_of(v: &Dynamic, what: &str) -> anyhow::Result<(Vec<Rates>, String, Stri
     let mut out = vec![];
     let (mut model, mut sources) = (String::new(), String::new());
     for (k, it) in items.iter().enumerate() {
-        let m = it.read_lock::<Map>().with_context(|| {
-            format!(
-                "{what}: expected an evaluate() result map, got {}",
-                it.type_name()
-            )
-        })?;
+        let m = it
+            .read_lock::<Map>()
+            .with_context(|| format!("{what}: expected an evaluate() result map, got {}", it.type_name()))?;
         let num = |key: &str| -> anyhow::Result<f64> {
-            m.get(key)
-                .and_then(to_f64)
-                .with_context(|| format!("{what}: result {k} has no number '{key}'"))
+            m.get(key).and_then(to_f64).with_context(|| format!("{what}: result {k} has no number '{key}'"))
         };
         let n = m.get("n").and_then(|x| x.as_int().ok()).unwrap_or(0).max(0) as u64;
-        out.push(Rates {
-            accuracy: num("accuracy")?,
-            one_off: num("one_off")?,
-            n,
-        });
+        out.push(Rates { accuracy: num("accuracy")?, one_off: num("one_off")?, n });
         if k == 0 {
             model = m.get("model").map(|x| x.to_string()).unwrap_or_default();
             sources = match m.get("sources").and_then(|s| s.clone().into_array().ok()) {
-                Some(a) => a
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join("+"),
+                Some(a) => a.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("+"),
                 None => String::new(),
             };
         }
@@ -238,26 +181,16 @@ fn rates_of(v: &Dynamic, what: &str) -> anyhow::Result<(Vec<Rates>, String, Stri
 }
 
 fn arr(func: &str, what: &str, v: Dynamic) -> RResult<Array> {
-    v.into_array().map_err(|t| {
-        script_err(format!(
-            "{func}: '{what}' must be an array of results, got {t}"
-        ))
-    })
+    v.into_array().map_err(|t| script_err(format!("{func}: '{what}' must be an array of results, got {t}")))
 }
 
 /// `names[i]` if given, else `fallback`.
 fn name_at(names: &[String], i: usize, fallback: &str) -> String {
-    names
-        .get(i)
-        .cloned()
-        .unwrap_or_else(|| fallback.to_string())
+    names.get(i).cloned().unwrap_or_else(|| fallback.to_string())
 }
 
 fn strings(o: &Opts, key: &str) -> RResult<Vec<String>> {
-    Ok(o.array_or_empty(key)?
-        .iter()
-        .map(|v| v.to_string())
-        .collect())
+    Ok(o.array_or_empty(key)?.iter().map(|v| v.to_string()).collect())
 }
 
 fn add_notes(t: &mut Table, o: &Opts) -> RResult<()> {
@@ -283,11 +216,7 @@ fn change_from_results(
     let o = Opts::new(func, opts, &["names", "adv_names", "title", "notes"])?;
     let (b, a) = (arr(func, "before", before)?, arr(func, "after", after)?);
     if b.len() != a.len() {
-        return Err(script_err(format!(
-            "{func}: {} results before but {} after",
-            b.len(),
-            a.len()
-        )));
+        return Err(script_err(format!("{func}: {} results before but {} after", b.len(), a.len())));
     }
     let names = strings(&o, "names")?;
     let adv = strings(&o, "adv_names")?;
@@ -300,17 +229,9 @@ fn change_from_results(
             if two_labels {
                 labels.push(name_at(&adv, i, &sources));
             }
-            rows.push(ChangeRow {
-                labels,
-                before: br,
-                after: ar,
-            });
+            rows.push(ChangeRow { labels, before: br, after: ar });
         }
-        let cols: &[&str] = if two_labels {
-            &["Target", "Adv model"]
-        } else {
-            &["Model"]
-        };
+        let cols: &[&str] = if two_labels { &["Target", "Adv model"] } else { &["Model"] };
         let mut t = tables::change_table(title, cols, &rows)?;
         add_notes(&mut t, &o).map_err(|e| anyhow!("{e}"))?;
         Ok(t)
@@ -320,15 +241,9 @@ fn change_from_results(
 fn do_evaluate(m: ModelV, d: DatasetV, opts: Map) -> RResult<Map> {
     let p = parse("evaluate", opts, &[], None)?;
     guard("evaluate", || {
-        let net =
-            m.0.try_borrow()
-                .map_err(|_| anyhow!("the model is in use"))?;
+        let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
         let src_nets = borrow(&p.sources)?;
-        let sources = if src_nets.is_empty() {
-            Sources::WhiteBox
-        } else {
-            Sources::From(dyns(&src_nets))
-        };
+        let sources = if src_nets.is_empty() { Sources::WhiteBox } else { Sources::From(dyns(&src_nets)) };
         let o = EvalOpts {
             batch_size: p.batch,
             attack: p.attack.clone(),
@@ -348,26 +263,18 @@ fn do_eps_sweep(m: ModelV, d: DatasetV, mut opts: Map) -> RResult<Map> {
     let eps: Vec<f64> = match eps {
         None => vec![32.0 / 256.0, 16.0 / 256.0, 8.0 / 256.0, 4.0 / 256.0],
         Some(v) => {
-            let a = v.into_array().map_err(|t| {
-                script_err(format!(
-                    "eps_sweep: 'eps' must be an array of numbers, got {t}"
-                ))
-            })?;
+            let a = v
+                .into_array()
+                .map_err(|t| script_err(format!("eps_sweep: 'eps' must be an array of numbers, got {t}")))?;
             a.iter()
                 .map(|x| to_f64(x).ok_or_else(|| script_err("eps_sweep: 'eps' must hold numbers")))
                 .collect::<RResult<Vec<f64>>>()?
         }
     };
     guard("eps_sweep", || {
-        let net =
-            m.0.try_borrow()
-                .map_err(|_| anyhow!("the model is in use"))?;
+        let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
         let src_nets = borrow(&p.sources)?;
-        let sources = if src_nets.is_empty() {
-            Sources::WhiteBox
-        } else {
-            Sources::From(dyns(&src_nets))
-        };
+        let sources = if src_nets.is_empty() { Sources::WhiteBox } else { Sources::From(dyns(&src_nets)) };
         let o = EvalOpts {
             batch_size: p.batch,
             attack: p.attack.clone(),
@@ -378,53 +285,24 @@ fn do_eps_sweep(m: ModelV, d: DatasetV, mut opts: Map) -> RResult<Map> {
         };
         let (res, clean) = with_precision(net.device(), || {
             let res = eps_sweep(&*net, &d.0, &eps, &o)?;
-            let clean = evaluate(
-                &*net,
-                &d.0,
-                &EvalOpts {
-                    attack: None,
-                    sources: Sources::WhiteBox,
-                    ..o.clone()
-                },
-            )?;
+            let clean = evaluate(&*net, &d.0, &EvalOpts { attack: None, sources: Sources::WhiteBox, ..o.clone() })?;
             Ok((res, clean))
         })?;
         let mut out = Map::new();
         out.insert("model".into(), Dynamic::from(net.label()));
-        out.insert(
-            "attack".into(),
-            p.attack
-                .as_ref()
-                .map(|a| Dynamic::from(a.describe()))
-                .unwrap_or(Dynamic::UNIT),
-        );
-        out.insert(
-            "eps".into(),
-            Dynamic::from_array(res.iter().map(|r| Dynamic::from_float(r.0)).collect()),
-        );
+        out.insert("attack".into(), p.attack.as_ref().map(|a| Dynamic::from(a.describe())).unwrap_or(Dynamic::UNIT));
+        out.insert("eps".into(), Dynamic::from_array(res.iter().map(|r| Dynamic::from_float(r.0)).collect()));
         out.insert(
             "accuracy".into(),
-            Dynamic::from_array(
-                res.iter()
-                    .map(|r| Dynamic::from_float(r.1.accuracy))
-                    .collect(),
-            ),
+            Dynamic::from_array(res.iter().map(|r| Dynamic::from_float(r.1.accuracy)).collect()),
         );
         out.insert(
             "one_off".into(),
-            Dynamic::from_array(
-                res.iter()
-                    .map(|r| Dynamic::from_float(r.1.one_off))
-                    .collect(),
-            ),
+            Dynamic::from_array(res.iter().map(|r| Dynamic::from_float(r.1.one_off)).collect()),
         );
         out.insert(
             "results".into(),
-            Dynamic::from_array(
-                res.iter()
-                    .map(|r| Dynamic::from_map(result_map(&r.1)))
-                    .collect(),
-            ),
+            Dynamic::from_array(res.iter().map(|r| Dynamic::from_map(result_map(&r.1))).collect()),
         );
         out.insert("clean".into(), Dynamic::from_float(clean.accuracy));
         Ok(out)
@@ -432,11 +310,7 @@ fn do_eps_sweep(m: ModelV, d: DatasetV, mut opts: Map) -> RResult<Map> {
 }
 
 fn table_holdout(variants: Map, opts: Map) -> RResult<Table> {
-    let o = Opts::new(
-        "table_holdout",
-        opts,
-        &["order", "names", "adv_names", "title", "notes"],
-    )?;
+    let o = Opts::new("table_holdout", opts, &["order", "names", "adv_names", "title", "notes"])?;
     let mut order = strings(&o, "order")?;
     if order.is_empty() {
         for k in ["Undefended", "Ensemble", "SATM"] {
@@ -444,11 +318,7 @@ fn table_holdout(variants: Map, opts: Map) -> RResult<Table> {
                 order.push(k.to_string());
             }
         }
-        let mut rest: Vec<String> = variants
-            .keys()
-            .map(|k| k.to_string())
-            .filter(|k| !order.contains(k))
-            .collect();
+        let mut rest: Vec<String> = variants.keys().map(|k| k.to_string()).filter(|k| !order.contains(k)).collect();
         rest.sort();
         order.extend(rest);
     }
@@ -480,10 +350,7 @@ fn table_holdout(variants: Map, opts: Map) -> RResult<Table> {
                 }
                 vs.push(r);
             }
-            rows.push(VariantsRow {
-                labels,
-                variants: vs,
-            });
+            rows.push(VariantsRow { labels, variants: vs });
         }
         let mut t = tables::variants_table(
             "Table 5. Black-box attacks from hold-out networks",
@@ -502,22 +369,10 @@ e.g. \"pgd\", \"r_step_ll\", \"square\") and its options (eps, alpha, steps, ste
 itself, or black-box when `sources` (a Model or an array: an ensemble) is given. Options: batch (64), limit (a seeded \
 subset of this many examples), seed (reseeds before evaluating; default: the session seed). Returns #{accuracy, one_off, \
 n, confusion, per_class, model, sources, attack, setting, seed}.";
-    doc(
-        "evaluate",
-        &["model: Model", "data: Dataset", "opts: Map"],
-        "Map",
-        eval_doc,
-    )
-    .register_into_engine(engine, do_evaluate);
-    doc(
-        "evaluate",
-        &["model: Model", "data: Dataset"],
-        "Map",
-        eval_doc,
-    )
-    .register_into_engine(engine, |m: ModelV, d: DatasetV| {
-        do_evaluate(m, d, Map::new())
-    });
+    doc("evaluate", &["model: Model", "data: Dataset", "opts: Map"], "Map", eval_doc)
+        .register_into_engine(engine, do_evaluate);
+    doc("evaluate", &["model: Model", "data: Dataset"], "Map", eval_doc)
+        .register_into_engine(engine, |m: ModelV, d: DatasetV| do_evaluate(m, d, Map::new()));
 
     doc(
         "transfer_matrix",
@@ -557,22 +412,10 @@ clean rates.",
     let sweep_doc = "Accuracy vs ε: #{attack (\"r_step_ll\"), eps: [32/256, 16/256, 8/256, 4/256], sources, batch, limit, \
 seed, <attack options>} (α and the step size scale with ε). Returns #{model, attack, eps, accuracy, one_off, results, \
 clean}; plot_eps draws it.";
-    doc(
-        "eps_sweep",
-        &["model: Model", "data: Dataset", "opts: Map"],
-        "Map",
-        sweep_doc,
-    )
-    .register_into_engine(engine, do_eps_sweep);
-    doc(
-        "eps_sweep",
-        &["model: Model", "data: Dataset"],
-        "Map",
-        sweep_doc,
-    )
-    .register_into_engine(engine, |m: ModelV, d: DatasetV| {
-        do_eps_sweep(m, d, Map::new())
-    });
+    doc("eps_sweep", &["model: Model", "data: Dataset", "opts: Map"], "Map", sweep_doc)
+        .register_into_engine(engine, do_eps_sweep);
+    doc("eps_sweep", &["model: Model", "data: Dataset"], "Map", sweep_doc)
+        .register_into_engine(engine, |m: ModelV, d: DatasetV| do_eps_sweep(m, d, Map::new()));
 
     doc(
         "table_eps",
@@ -646,26 +489,18 @@ network), before → after the defence. {change_opts} adv_names (the Adv model c
     .register_into_engine(engine, |b: Dynamic, a: Dynamic, o: Map| {
         change_from_results("table_black_box", b, a, o, "Table 4. Black-box attacks, before → after", true)
     });
-    for (name, text) in [
-        ("table_white_box", "Table 2"),
-        ("table_transfer", "Table 3"),
-        ("table_black_box", "Table 4"),
-    ] {
+    for (name, text) in [("table_white_box", "Table 2"), ("table_transfer", "Table 3"), ("table_black_box", "Table 4")]
+    {
         let name: &'static str = name;
-        doc(
-            name,
-            &["before: Array", "after: Array"],
-            "Table",
-            &format!("{text} with default options."),
-        )
-        .register_into_engine(engine, move |b: Dynamic, a: Dynamic| -> RResult<Table> {
-            let title = match name {
-                "table_white_box" => "Table 2. White-box attacks, before → after",
-                "table_transfer" => "Table 3. Transfer to an undefended network, before → after",
-                _ => "Table 4. Black-box attacks, before → after",
-            };
-            change_from_results(name, b, a, Map::new(), title, name != "table_white_box")
-        });
+        doc(name, &["before: Array", "after: Array"], "Table", &format!("{text} with default options."))
+            .register_into_engine(engine, move |b: Dynamic, a: Dynamic| -> RResult<Table> {
+                let title = match name {
+                    "table_white_box" => "Table 2. White-box attacks, before → after",
+                    "table_transfer" => "Table 3. Transfer to an undefended network, before → after",
+                    _ => "Table 4. Black-box attacks, before → after",
+                };
+                change_from_results(name, b, a, Map::new(), title, name != "table_white_box")
+            });
     }
 
     doc(
@@ -678,63 +513,35 @@ mean ± std). Options: order (variant names in column order; default Undefended,
 names (Target labels), adv_names (Adv model labels), title, notes.",
     )
     .register_into_engine(engine, table_holdout);
-    doc(
-        "table_holdout",
-        &["variants: Map"],
-        "Table",
-        "Table 5 with default options.",
-    )
-    .register_into_engine(engine, |v: Map| table_holdout(v, Map::new()));
+    doc("table_holdout", &["variants: Map"], "Table", "Table 5 with default options.")
+        .register_into_engine(engine, |v: Map| table_holdout(v, Map::new()));
 
     let robust_doc = "AutoAttack-style robustness evaluation (L∞): APGD-CE, targeted APGD-DLR (≥ 3 classes), Square, each on \
 the examples all earlier attacks failed on; worst case per example. Options: eps (16/256), steps (APGD iterations, 100), \
 targets (APGD-DLR-T target classes, 9), queries (Square, 1000), batch, limit, seed. Returns a table of cumulative robust \
 rates with ε, norm, seed and every attack setting in its notes.";
     let robust = |m: ModelV, d: DatasetV, opts: Map| -> RResult<Table> {
-        let o = Opts::new(
-            "robust_eval",
-            opts,
-            &[
-                "eps", "steps", "targets", "queries", "batch", "limit", "seed",
-            ],
-        )?;
+        let o = Opts::new("robust_eval", opts, &["eps", "steps", "targets", "queries", "batch", "limit", "seed"])?;
         let def = RobustOpts::default();
         let ro = RobustOpts {
             eps: o.f64_or("eps", def.eps)?,
             batch_size: o.usize_or("batch", def.batch_size)?.max(1),
             limit: o.opt_i64("limit")?.map(|l| l.max(0) as usize),
-            seed: o
-                .opt_i64("seed")?
-                .map(|s| s.max(0) as u64)
-                .unwrap_or_else(|| state::with(|s| s.seed)),
+            seed: o.opt_i64("seed")?.map(|s| s.max(0) as u64).unwrap_or_else(|| state::with(|s| s.seed)),
             apgd_steps: o.usize_or("steps", def.apgd_steps)?,
             n_target_classes: o.usize_or("targets", def.n_target_classes)?,
             square_queries: o.usize_or("queries", def.square_queries)?,
             attacks: vec![],
         };
         guard("robust_eval", || {
-            let net =
-                m.0.try_borrow()
-                    .map_err(|_| anyhow!("the model is in use"))?;
+            let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
             Ok(with_precision(net.device(), || robust_eval(&*net, &d.0, &ro))?.table)
         })
     };
-    doc(
-        "robust_eval",
-        &["model: Model", "data: Dataset", "opts: Map"],
-        "Table",
-        robust_doc,
-    )
-    .register_into_engine(engine, robust);
-    doc(
-        "robust_eval",
-        &["model: Model", "data: Dataset"],
-        "Table",
-        robust_doc,
-    )
-    .register_into_engine(engine, move |m: ModelV, d: DatasetV| {
-        robust(m, d, Map::new())
-    });
+    doc("robust_eval", &["model: Model", "data: Dataset", "opts: Map"], "Table", robust_doc)
+        .register_into_engine(engine, robust);
+    doc("robust_eval", &["model: Model", "data: Dataset"], "Table", robust_doc)
+        .register_into_engine(engine, move |m: ModelV, d: DatasetV| robust(m, d, Map::new()));
 
     let masking_doc = "Gradient-masking report: zero/NaN input gradients, PGD vs FGSM and R+FGSM (multi-step must not be \
 weaker), R+FGSM vs FGSM, Square (black-box) vs PGD, transfer from `source` vs white-box, PGD accuracy vs ε (monotonic); \
@@ -759,34 +566,22 @@ eps_factors ([0.25, 0.5, 1, 2]), tolerance (0.02), max_bad_grad (0.05), batch, l
         )?;
         let def = MaskingOpts::default();
         let source: Option<ModelV> = o.opt_item("source", "Model")?;
-        let eps_factors = o
-            .f64_array("eps_factors")?
-            .unwrap_or(def.eps_factors.clone());
+        let eps_factors = o.f64_array("eps_factors")?.unwrap_or(def.eps_factors.clone());
         let (eps, steps, queries) = (
             o.f64_or("eps", def.eps)?,
             o.usize_or("steps", def.pgd_steps)?,
             o.usize_or("queries", def.square_queries)?,
         );
-        let (tolerance, max_bad_grad) = (
-            o.f64_or("tolerance", def.tolerance)?,
-            o.f64_or("max_bad_grad", def.max_bad_grad)?,
-        );
+        let (tolerance, max_bad_grad) =
+            (o.f64_or("tolerance", def.tolerance)?, o.f64_or("max_bad_grad", def.max_bad_grad)?);
         let batch = o.usize_or("batch", def.batch_size)?.max(1);
         let limit = o.opt_i64("limit")?.map(|l| l.max(0) as usize);
-        let seed = o
-            .opt_i64("seed")?
-            .map(|s| s.max(0) as u64)
-            .unwrap_or_else(|| state::with(|s| s.seed));
+        let seed = o.opt_i64("seed")?.map(|s| s.max(0) as u64).unwrap_or_else(|| state::with(|s| s.seed));
         guard("masking_report", || {
-            let net =
-                m.0.try_borrow()
-                    .map_err(|_| anyhow!("the model is in use"))?;
+            let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
             let src = source
                 .as_ref()
-                .map(|s| {
-                    s.0.try_borrow()
-                        .map_err(|_| anyhow!("the source model is in use"))
-                })
+                .map(|s| s.0.try_borrow().map_err(|_| anyhow!("the source model is in use")))
                 .transpose()?;
             let mo = MaskingOpts {
                 eps,
@@ -803,28 +598,11 @@ eps_factors ([0.25, 0.5, 1, 2]), tolerance (0.02), max_bad_grad (0.05), batch, l
             with_precision(net.device(), || masking_report(&*net, &d.0, &mo))
         })
     };
-    doc(
-        "masking_report",
-        &["model: Model", "data: Dataset", "opts: Map"],
-        "Table",
-        masking_doc,
-    )
-    .register_into_engine(engine, masking);
-    doc(
-        "masking_report",
-        &["model: Model", "data: Dataset"],
-        "Table",
-        masking_doc,
-    )
-    .register_into_engine(engine, move |m: ModelV, d: DatasetV| {
-        masking(m, d, Map::new())
-    });
+    doc("masking_report", &["model: Model", "data: Dataset", "opts: Map"], "Table", masking_doc)
+        .register_into_engine(engine, masking);
+    doc("masking_report", &["model: Model", "data: Dataset"], "Table", masking_doc)
+        .register_into_engine(engine, move |m: ModelV, d: DatasetV| masking(m, d, Map::new()));
 
-    doc(
-        "fmt_eps",
-        &["eps: f64"],
-        "String",
-        "ε as the paper writes it: \"16/256\" for whole multiples of 1/256.",
-    )
-    .register_into_engine(engine, fmt_eps);
+    doc("fmt_eps", &["eps: f64"], "String", "ε as the paper writes it: \"16/256\" for whole multiples of 1/256.")
+        .register_into_engine(engine, fmt_eps);
 }

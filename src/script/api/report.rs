@@ -35,15 +35,14 @@ pub fn dynamic_to_cell(v: &Dynamic) -> anyhow::Result<Cell> {
             match m.get(k) {
                 None => Ok(None),
                 Some(x) if x.is_unit() => Ok(None),
-                Some(x) => to_f64(x).map(Some).ok_or_else(|| {
-                    anyhow!("cell key '{k}' must be a number, got {}", x.type_name())
-                }),
+                Some(x) => {
+                    to_f64(x).map(Some).ok_or_else(|| anyhow!("cell key '{k}' must be a number, got {}", x.type_name()))
+                }
             }
         };
         if m.contains_key("type") {
             let json = crate::script::convert::dynamic_to_json(v);
-            return serde_json::from_value::<Cell>(json)
-                .context("reading a cell map with a 'type' key");
+            return serde_json::from_value::<Cell>(json).context("reading a cell map with a 'type' key");
         }
         if let (Some(before), Some(after)) = (num("before")?, num("after")?) {
             return Ok(Cell::RateChange {
@@ -81,20 +80,14 @@ fn cell_to_dynamic(c: &Cell) -> Dynamic {
 /// Reads a confusion matrix from an `evaluate` result (its `confusion` key) or an array of integer rows.
 pub fn confusion_from_dynamic(v: &Dynamic) -> anyhow::Result<Confusion> {
     let rows = if let Some(m) = v.read_lock::<Map>() {
-        m.get("confusion")
-            .cloned()
-            .context("the map has no 'confusion' key (pass an evaluate result)")?
+        m.get("confusion").cloned().context("the map has no 'confusion' key (pass an evaluate result)")?
     } else {
         v.clone()
     };
-    let rows = rows
-        .into_array()
-        .map_err(|t| anyhow!("a confusion matrix must be an array of rows, got {t}"))?;
+    let rows = rows.into_array().map_err(|t| anyhow!("a confusion matrix must be an array of rows, got {t}"))?;
     let mut counts = Vec::with_capacity(rows.len());
     for (i, r) in rows.into_iter().enumerate() {
-        let r = r
-            .into_array()
-            .map_err(|t| anyhow!("confusion row {i} must be an array, got {t}"))?;
+        let r = r.into_array().map_err(|t| anyhow!("confusion row {i} must be an array, got {t}"))?;
         let row = r
             .iter()
             .map(|x| x.as_int().ok().filter(|&n| n >= 0).map(|n| n as u64))
@@ -119,18 +112,10 @@ pub fn history_table(h: &History) -> Table {
         }
     }
     for (split, net, step, epoch) in keys {
-        let mut row = vec![
-            Cell::text(&split),
-            Cell::text(&net),
-            Cell::int(step as i64),
-            Cell::int(epoch as i64),
-        ];
+        let mut row = vec![Cell::text(&split), Cell::text(&net), Cell::int(step as i64), Cell::int(epoch as i64)];
         for m in &metrics {
-            let v = h
-                .points
-                .iter()
-                .rev()
-                .find(|p| p.split == split && p.net == net && p.step == step && &p.metric == m);
+            let v =
+                h.points.iter().rev().find(|p| p.split == split && p.net == net && p.step == step && &p.metric == m);
             row.push(match v {
                 None => Cell::Empty,
                 Some(p) if m.ends_with("acc") => Cell::rate(p.value),
@@ -151,26 +136,17 @@ fn plot_opts(o: &Opts, w: u32, h: u32) -> RResult<PlotOpts> {
 }
 
 fn strings(o: &Opts, key: &str) -> RResult<Vec<String>> {
-    o.array_or_empty(key)?
-        .into_iter()
-        .map(|v| Ok(v.to_string()))
-        .collect()
+    o.array_or_empty(key)?.into_iter().map(|v| Ok(v.to_string())).collect()
 }
 
 fn history_of(v: &Dynamic) -> anyhow::Result<History> {
     if let Some(h) = v.clone().try_cast::<History>() {
         return Ok(h);
     }
-    if let Some(h) = v.read_lock::<Map>().and_then(|m| {
-        m.get("history")
-            .and_then(|h| h.clone().try_cast::<History>())
-    }) {
+    if let Some(h) = v.read_lock::<Map>().and_then(|m| m.get("history").and_then(|h| h.clone().try_cast::<History>())) {
         return Ok(h);
     }
-    bail!(
-        "expected a History or a training result with a 'history' key, got {}",
-        v.type_name()
-    )
+    bail!("expected a History or a training result with a 'history' key, got {}", v.type_name())
 }
 
 /// Series for plot_eps from script values: an `eps_sweep` result (`#{model, eps, accuracy}`), an array of them, or a
@@ -178,31 +154,15 @@ fn history_of(v: &Dynamic) -> anyhow::Result<History> {
 fn eps_series(v: &Dynamic) -> anyhow::Result<Vec<Series>> {
     fn sweep(label: &str, m: &Map) -> anyhow::Result<Series> {
         let nums = |k: &str| -> anyhow::Result<Vec<f64>> {
-            let a = m
-                .get(k)
-                .cloned()
-                .with_context(|| format!("sweep '{label}' has no '{k}'"))?;
-            let a = a
-                .into_array()
-                .map_err(|t| anyhow!("sweep '{label}': '{k}' must be an array, got {t}"))?;
-            a.iter()
-                .map(|x| {
-                    to_f64(x).with_context(|| format!("sweep '{label}': '{k}' must hold numbers"))
-                })
-                .collect()
+            let a = m.get(k).cloned().with_context(|| format!("sweep '{label}' has no '{k}'"))?;
+            let a = a.into_array().map_err(|t| anyhow!("sweep '{label}': '{k}' must be an array, got {t}"))?;
+            a.iter().map(|x| to_f64(x).with_context(|| format!("sweep '{label}': '{k}' must hold numbers"))).collect()
         };
         let (e, a) = (nums("eps")?, nums("accuracy")?);
         if e.len() != a.len() {
-            bail!(
-                "sweep '{label}': {} eps values but {} accuracies",
-                e.len(),
-                a.len()
-            );
+            bail!("sweep '{label}': {} eps values but {} accuracies", e.len(), a.len());
         }
-        let label = m
-            .get("model")
-            .map(|x| x.to_string())
-            .unwrap_or_else(|| label.to_string());
+        let label = m.get("model").map(|x| x.to_string()).unwrap_or_else(|| label.to_string());
         Ok((label, e.into_iter().zip(a).collect()))
     }
     fn pairs(label: &str, a: Array) -> anyhow::Result<Series> {
@@ -226,9 +186,10 @@ fn eps_series(v: &Dynamic) -> anyhow::Result<Vec<Series>> {
                 let (_, pts) = sweep(k, &sm)?;
                 out.push((k.to_string(), pts));
             } else {
-                let a = x.clone().into_array().map_err(|t| {
-                    anyhow!("series '{k}' must be a sweep map or an array, got {t}")
-                })?;
+                let a = x
+                    .clone()
+                    .into_array()
+                    .map_err(|t| anyhow!("series '{k}' must be a sweep map or an array, got {t}"))?;
                 out.push(pairs(k, a)?);
             }
         }
@@ -239,25 +200,16 @@ fn eps_series(v: &Dynamic) -> anyhow::Result<Vec<Series>> {
             .iter()
             .enumerate()
             .map(|(i, x)| {
-                let m = x
-                    .read_lock::<Map>()
-                    .with_context(|| format!("series {i} must be an eps_sweep result map"))?;
+                let m = x.read_lock::<Map>().with_context(|| format!("series {i} must be an eps_sweep result map"))?;
                 sweep(&format!("series {i}"), &m)
             })
             .collect();
     }
-    bail!(
-        "plot_eps: expected an eps_sweep result, an array of them, or a map label -> points; got {}",
-        v.type_name()
-    )
+    bail!("plot_eps: expected an eps_sweep result, an array of them, or a map label -> points; got {}", v.type_name())
 }
 
 fn do_plot_curves(v: Dynamic, path: &str, o: Map) -> RResult<()> {
-    let o = Opts::new(
-        "plot_curves",
-        o,
-        &["width", "height", "title", "metrics", "nets", "splits"],
-    )?;
+    let o = Opts::new("plot_curves", o, &["width", "height", "title", "metrics", "nets", "splits"])?;
     let mut c = CurveOpts::default();
     c.plot = plot_opts(&o, c.plot.width, c.plot.height)?;
     if o.has("metrics") {
@@ -267,35 +219,24 @@ fn do_plot_curves(v: Dynamic, path: &str, o: Map) -> RResult<()> {
     if o.has("splits") {
         c.splits = strings(&o, "splits")?;
     }
-    guard("plot_curves", || {
-        report::plot_curves(&history_of(&v)?, Path::new(path), &c)
-    })
+    guard("plot_curves", || report::plot_curves(&history_of(&v)?, Path::new(path), &c))
 }
 
 fn do_plot_eps(v: Dynamic, path: &str, o: Map) -> RResult<()> {
     let o = Opts::new("plot_eps", o, &["width", "height", "title"])?;
     let p = plot_opts(&o, 900, 600)?;
-    guard("plot_eps", || {
-        report::plot_eps(&eps_series(&v)?, Path::new(path), &p)
-    })
+    guard("plot_eps", || report::plot_eps(&eps_series(&v)?, Path::new(path), &p))
 }
 
 fn do_plot_confusion(v: Dynamic, path: &str, o: Map) -> RResult<()> {
     let o = Opts::new("plot_confusion", o, &["width", "height", "title", "labels"])?;
     let p = plot_opts(&o, 640, 680)?;
     let labels = strings(&o, "labels")?;
-    guard("plot_confusion", || {
-        report::plot_confusion(&confusion_from_dynamic(&v)?, &labels, Path::new(path), &p)
-    })
+    guard("plot_confusion", || report::plot_confusion(&confusion_from_dynamic(&v)?, &labels, Path::new(path), &p))
 }
 
 fn saved(paths: Vec<std::path::PathBuf>) -> Array {
-    str_array(
-        &paths
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>(),
-    )
+    str_array(&paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>())
 }
 
 pub fn register(engine: &mut Engine) {
@@ -304,16 +245,9 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("to_debug", |t: &mut TableV| t.render());
     engine.register_type_with_name::<History>("History");
     engine.register_fn("to_string", |h: &mut History| {
-        format!(
-            "History[{} points; nets {:?}; metrics {:?}]",
-            h.points.len(),
-            h.nets(),
-            h.metrics()
-        )
+        format!("History[{} points; nets {:?}; metrics {:?}]", h.points.len(), h.nets(), h.metrics())
     });
-    engine.register_fn("to_debug", |h: &mut History| {
-        format!("History[{} points]", h.points.len())
-    });
+    engine.register_fn("to_debug", |h: &mut History| format!("History[{} points]", h.points.len()));
 
     // --- building tables ---
     doc(
@@ -346,31 +280,24 @@ pub fn register(engine: &mut Engine) {
             t.push(cells)
         })
     });
+    doc("note", &["t: Table", "text: &str"], "()", "Adds a note printed under the table (settings, seeds, flags).")
+        .register_into_engine(engine, |t: &mut TableV, s: &str| t.note(s));
+    doc("rate", &["x: f64"], "Map", "A rate cell (a fraction in [0, 1], shown as a percentage) for add_row.")
+        .register_into_engine(engine, |x: f64| -> Map { cell_to_dynamic(&Cell::rate(x)).cast::<Map>() });
     doc(
-        "note",
-        &["t: Table", "text: &str"],
-        "()",
-        "Adds a note printed under the table (settings, seeds, flags).",
-    )
-    .register_into_engine(engine, |t: &mut TableV, s: &str| t.note(s));
-    doc(
-        "rate",
-        &["x: f64"],
+        "change",
+        &["before: ?", "after: ?"],
         "Map",
-        "A rate cell (a fraction in [0, 1], shown as a percentage) for add_row.",
+        "A \"before → after\" cell for add_row; each side a rate or an evaluate() result (its accuracy).",
     )
-    .register_into_engine(engine, |x: f64| -> Map {
-        cell_to_dynamic(&Cell::rate(x)).cast::<Map>()
+    .register_into_engine(engine, |b: Dynamic, a: Dynamic| -> RResult<Map> {
+        guard("change", || {
+            let side = |v: &Dynamic| -> anyhow::Result<f64> {
+                dynamic_to_cell(v)?.value().context("each side of a change must be a number or an evaluate result")
+            };
+            Ok(cell_to_dynamic(&Cell::change(side(&b)?, side(&a)?)).cast::<Map>())
+        })
     });
-    doc("change", &["before: ?", "after: ?"], "Map", "A \"before → after\" cell for add_row; each side a rate or an evaluate() result (its accuracy).")
-        .register_into_engine(engine, |b: Dynamic, a: Dynamic| -> RResult<Map> {
-            guard("change", || {
-                let side = |v: &Dynamic| -> anyhow::Result<f64> {
-                    dynamic_to_cell(v)?.value().context("each side of a change must be a number or an evaluate result")
-                };
-                Ok(cell_to_dynamic(&Cell::change(side(&b)?, side(&a)?)).cast::<Map>())
-            })
-        });
 
     // --- reading tables ---
     engine.register_get("title", |t: &mut TableV| t.title.clone());
@@ -378,27 +305,35 @@ pub fn register(engine: &mut Engine) {
     engine.register_get("notes", |t: &mut TableV| str_array(&t.notes));
     doc("rows", &["t: Table"], "int", "Number of rows.")
         .register_into_engine(engine, |t: &mut TableV| t.rows.len() as i64);
-    doc("cell", &["t: Table", "row: int", "col: ?"], "Map", "The cell at (row, column index or name), as a map tagged by its type (numbers as numbers).")
-        .register_into_engine(engine, |t: &mut TableV, row: i64, col: Dynamic| -> RResult<Map> {
-            guard("cell", || {
-                let j = match col.as_int() {
-                    Ok(j) => usize::try_from(j).ok(),
-                    Err(_) => t.column(&col.to_string()),
-                }
-                .with_context(|| format!("no column {col} in {:?}", t.columns))?;
-                let c = usize::try_from(row).ok().and_then(|i| t.cell(i, j)).with_context(|| format!("no cell ({row}, {col})"))?;
-                Ok(cell_to_dynamic(c).cast::<Map>())
-            })
-        });
     doc(
-        "to_markdown",
+        "cell",
+        &["t: Table", "row: int", "col: ?"],
+        "Map",
+        "The cell at (row, column index or name), as a map tagged by its type (numbers as numbers).",
+    )
+    .register_into_engine(engine, |t: &mut TableV, row: i64, col: Dynamic| -> RResult<Map> {
+        guard("cell", || {
+            let j = match col.as_int() {
+                Ok(j) => usize::try_from(j).ok(),
+                Err(_) => t.column(&col.to_string()),
+            }
+            .with_context(|| format!("no column {col} in {:?}", t.columns))?;
+            let c = usize::try_from(row)
+                .ok()
+                .and_then(|i| t.cell(i, j))
+                .with_context(|| format!("no cell ({row}, {col})"))?;
+            Ok(cell_to_dynamic(c).cast::<Map>())
+        })
+    });
+    doc("to_markdown", &["t: Table"], "String", "The table as GitHub Markdown (title, table, notes as a list).")
+        .register_into_engine(engine, |t: &mut TableV| t.to_markdown());
+    doc(
+        "to_csv",
         &["t: Table"],
         "String",
-        "The table as GitHub Markdown (title, table, notes as a list).",
+        "The table as CSV: rates as fractions, before → after split into '<col> before' / '<col> after'.",
     )
-    .register_into_engine(engine, |t: &mut TableV| t.to_markdown());
-    doc("to_csv", &["t: Table"], "String", "The table as CSV: rates as fractions, before → after split into '<col> before' / '<col> after'.")
-        .register_into_engine(engine, |t: &mut TableV| -> RResult<String> { guard("to_csv", || t.to_csv()) });
+    .register_into_engine(engine, |t: &mut TableV| -> RResult<String> { guard("to_csv", || t.to_csv()) });
     doc(
         "to_json",
         &["t: Table"],
@@ -413,18 +348,15 @@ pub fn register(engine: &mut Engine) {
         "Saves atomically: 'x.md', 'x.csv', 'x.json' or 'x.txt' write that format; any other path is a stem and gets .md, .csv and .json. Relative paths are relative to the current directory (use out_path(\"tables/x\") for the run directory). Returns the files written.",
     )
     .register_into_engine(engine, |t: &mut TableV, path: &str| -> RResult<Array> { guard("save", || Ok(saved(t.save(path)?))) });
-    doc(
-        "load_table",
-        &["path: &str"],
-        "Table",
-        "Reads a table saved as JSON.",
-    )
-    .register_into_engine(engine, |path: &str| -> RResult<Table> {
-        guard("load_table", || {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-            Table::from_json(&text).with_context(|| format!("in {path}"))
-        })
-    });
+    doc("load_table", &["path: &str"], "Table", "Reads a table saved as JSON.").register_into_engine(
+        engine,
+        |path: &str| -> RResult<Table> {
+            guard("load_table", || {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+                Table::from_json(&text).with_context(|| format!("in {path}"))
+            })
+        },
+    );
     doc(
         "merge_folds",
         &["tables: Array"],
@@ -450,26 +382,21 @@ pub fn register(engine: &mut Engine) {
     .register_into_engine(engine, |name: &str, t: TableV| -> RResult<()> {
         guard("record", || record_json(name, t.to_json_value()))
     });
-    doc(
-        "mean_std",
-        &["values: Array"],
-        "Map",
-        "#{mean, std, n} of numbers (sample std with n − 1; 0 for one value).",
-    )
-    .register_into_engine(engine, |a: Array| -> RResult<Map> {
-        guard("mean_std", || {
-            let v = a
-                .iter()
-                .map(|x| to_f64(x).context("mean_std: values must be numbers"))
-                .collect::<anyhow::Result<Vec<f64>>>()?;
-            let (mean, std) = mean_std(&v)?;
-            let mut m = Map::new();
-            m.insert("mean".into(), Dynamic::from_float(mean));
-            m.insert("std".into(), Dynamic::from_float(std));
-            m.insert("n".into(), Dynamic::from_int(v.len() as i64));
-            Ok(m)
-        })
-    });
+    doc("mean_std", &["values: Array"], "Map", "#{mean, std, n} of numbers (sample std with n − 1; 0 for one value).")
+        .register_into_engine(engine, |a: Array| -> RResult<Map> {
+            guard("mean_std", || {
+                let v = a
+                    .iter()
+                    .map(|x| to_f64(x).context("mean_std: values must be numbers"))
+                    .collect::<anyhow::Result<Vec<f64>>>()?;
+                let (mean, std) = mean_std(&v)?;
+                let mut m = Map::new();
+                m.insert("mean".into(), Dynamic::from_float(mean));
+                m.insert("std".into(), Dynamic::from_float(std));
+                m.insert("n".into(), Dynamic::from_int(v.len() as i64));
+                Ok(m)
+            })
+        });
 
     // --- History ---
     doc(
@@ -487,67 +414,35 @@ pub fn register(engine: &mut Engine) {
         "Array",
         "[[step, value], ...] of one series.",
     )
-    .register_into_engine(
-        engine,
-        |h: &mut History, split: &str, net: &str, metric: &str| -> Array {
-            h.series(split, net, metric)
-                .into_iter()
-                .map(|(s, v)| {
-                    Dynamic::from_array(vec![Dynamic::from_int(s as i64), Dynamic::from_float(v)])
-                })
-                .collect()
-        },
-    );
+    .register_into_engine(engine, |h: &mut History, split: &str, net: &str, metric: &str| -> Array {
+        h.series(split, net, metric)
+            .into_iter()
+            .map(|(s, v)| Dynamic::from_array(vec![Dynamic::from_int(s as i64), Dynamic::from_float(v)]))
+            .collect()
+    });
     doc(
         "last",
         &["h: History", "split: &str", "net: &str", "metric: &str"],
         "?",
         "The last value of a series, or () if it has none.",
     )
-    .register_into_engine(
-        engine,
-        |h: &mut History, split: &str, net: &str, metric: &str| -> Dynamic {
-            h.last(split, net, metric)
-                .map(Dynamic::from_float)
-                .unwrap_or(Dynamic::UNIT)
-        },
-    );
+    .register_into_engine(engine, |h: &mut History, split: &str, net: &str, metric: &str| -> Dynamic {
+        h.last(split, net, metric).map(Dynamic::from_float).unwrap_or(Dynamic::UNIT)
+    });
 
     // --- plots ---
     let curves_doc = "Training/validation curves as a PNG (Figures 3–4): one panel per split (train, val), one colour per network, solid clean_acc and dashed adv_acc. `h` is a History or a training result with a `history` key. Options: width, height, title, metrics (default [\"clean_acc\", \"adv_acc\"]), nets, splits.";
     doc("plot_curves", &["h: ?", "path: &str"], "()", curves_doc)
-        .register_into_engine(engine, |v: Dynamic, path: &str| {
-            do_plot_curves(v, path, Map::new())
-        });
-    doc(
-        "plot_curves",
-        &["h: ?", "path: &str", "opts: Map"],
-        "()",
-        curves_doc,
-    )
-    .register_into_engine(engine, do_plot_curves);
+        .register_into_engine(engine, |v: Dynamic, path: &str| do_plot_curves(v, path, Map::new()));
+    doc("plot_curves", &["h: ?", "path: &str", "opts: Map"], "()", curves_doc)
+        .register_into_engine(engine, do_plot_curves);
     let eps_doc = "Accuracy vs ε as a PNG: `series` is an eps_sweep result, an array of them, or a map label -> (sweep result | [[eps, rate], ...]). Options: width, height, title.";
     doc("plot_eps", &["series: ?", "path: &str"], "()", eps_doc)
-        .register_into_engine(engine, |v: Dynamic, path: &str| {
-            do_plot_eps(v, path, Map::new())
-        });
-    doc(
-        "plot_eps",
-        &["series: ?", "path: &str", "opts: Map"],
-        "()",
-        eps_doc,
-    )
-    .register_into_engine(engine, do_plot_eps);
+        .register_into_engine(engine, |v: Dynamic, path: &str| do_plot_eps(v, path, Map::new()));
+    doc("plot_eps", &["series: ?", "path: &str", "opts: Map"], "()", eps_doc).register_into_engine(engine, do_plot_eps);
     let conf_doc = "Confusion-matrix heat map as a PNG (rows true class, columns prediction, colour = row fraction, text = count). `c` is an evaluate() result or an array of rows. Options: width, height, title, labels.";
     doc("plot_confusion", &["c: ?", "path: &str"], "()", conf_doc)
-        .register_into_engine(engine, |v: Dynamic, path: &str| {
-            do_plot_confusion(v, path, Map::new())
-        });
-    doc(
-        "plot_confusion",
-        &["c: ?", "path: &str", "opts: Map"],
-        "()",
-        conf_doc,
-    )
-    .register_into_engine(engine, do_plot_confusion);
+        .register_into_engine(engine, |v: Dynamic, path: &str| do_plot_confusion(v, path, Map::new()));
+    doc("plot_confusion", &["c: ?", "path: &str", "opts: Map"], "()", conf_doc)
+        .register_into_engine(engine, do_plot_confusion);
 }

@@ -82,11 +82,7 @@ fn scalar_like(v: f64, t: &Tensor) -> Tensor {
     Tensor::from(v).to_kind(kind).to_device(t.device())
 }
 
-fn binop(
-    engine: &mut Engine,
-    name: &'static str,
-    tt: fn(&Tensor, &Tensor) -> Result<Tensor, tch::TchError>,
-) {
+fn binop(engine: &mut Engine, name: &'static str, tt: fn(&Tensor, &Tensor) -> Result<Tensor, tch::TchError>) {
     engine.register_fn(name, move |a: &mut TensorV, b: TensorV| -> RResult<TensorV> {
         guard(name, || Ok(TensorV(tt(&a.0, &b.0)?)))
     });
@@ -105,18 +101,22 @@ fn binop(
 }
 
 fn unary(engine: &mut Engine, name: &'static str, text: &str, f: fn(&Tensor) -> Result<Tensor, tch::TchError>) {
-    doc(name, &["x: Tensor"], "Tensor", text).register_into_engine(engine, move |x: &mut TensorV| -> RResult<TensorV> {
-        guard(name, || Ok(TensorV(f(&x.0)?)))
-    });
+    doc(name, &["x: Tensor"], "Tensor", text)
+        .register_into_engine(engine, move |x: &mut TensorV| -> RResult<TensorV> {
+            guard(name, || Ok(TensorV(f(&x.0)?)))
+        });
 }
 
 fn make(engine: &mut Engine, name: &'static str, text: &str, f: fn(&[i64]) -> Tensor) {
-    doc(name, &["shape: Array"], "Tensor", text).register_into_engine(engine, move |shape: Array| -> RResult<TensorV> {
-        guard(name, || {
-            let s = shape_of(&shape, name)?;
-            Ok(TensorV(f(&s).to_device(state::device())))
-        })
-    });
+    doc(name, &["shape: Array"], "Tensor", text).register_into_engine(
+        engine,
+        move |shape: Array| -> RResult<TensorV> {
+            guard(name, || {
+                let s = shape_of(&shape, name)?;
+                Ok(TensorV(f(&s).to_device(state::device())))
+            })
+        },
+    );
 }
 
 pub fn register(engine: &mut Engine) {
@@ -124,41 +124,66 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("to_string", |x: &mut TensorV| x.to_string());
     engine.register_fn("to_debug", |x: &mut TensorV| x.to_string());
 
-    doc("tensor", &["values: Array"], "Tensor", "A tensor from a (nested) array of numbers: all ints give i64, any float gives f32. On the session device.")
-        .register_into_engine(engine, |v: Array| -> RResult<TensorV> {
-            guard("tensor", || Ok(TensorV(from_array(&Dynamic::from_array(v))?)))
-        });
-    make(engine, "zeros", "A float tensor of zeros with the given shape.", |s| Tensor::zeros(s, (Kind::Float, tch::Device::Cpu)));
-    make(engine, "ones", "A float tensor of ones with the given shape.", |s| Tensor::ones(s, (Kind::Float, tch::Device::Cpu)));
-    make(engine, "rand", "Uniform [0,1) floats with the given shape (seeded by seed()).", |s| Tensor::rand(s, (Kind::Float, tch::Device::Cpu)));
-    make(engine, "randn", "Standard normal floats with the given shape (seeded by seed()).", |s| Tensor::randn(s, (Kind::Float, tch::Device::Cpu)));
-    doc("randint", &["high: int", "shape: Array"], "Tensor", "Integers uniform in [0, high) with the given shape (i64).")
-        .register_into_engine(engine, |high: i64, shape: Array| -> RResult<TensorV> {
-            guard("randint", || {
-                if high <= 0 {
-                    bail!("high must be > 0, got {high}");
-                }
-                let s = shape_of(&shape, "randint")?;
-                Ok(TensorV(Tensor::randint(high, s.as_slice(), (Kind::Int64, state::device()))))
-            })
-        });
-    doc("arange", &["n: int"], "Tensor", "0, 1, ..., n-1 as i64.").register_into_engine(engine, |n: i64| -> RResult<TensorV> {
-        guard("arange", || {
-            if n < 0 {
-                bail!("n must be >= 0, got {n}");
+    doc(
+        "tensor",
+        &["values: Array"],
+        "Tensor",
+        "A tensor from a (nested) array of numbers: all ints give i64, any float gives f32. On the session device.",
+    )
+    .register_into_engine(engine, |v: Array| -> RResult<TensorV> {
+        guard("tensor", || Ok(TensorV(from_array(&Dynamic::from_array(v))?)))
+    });
+    make(engine, "zeros", "A float tensor of zeros with the given shape.", |s| {
+        Tensor::zeros(s, (Kind::Float, tch::Device::Cpu))
+    });
+    make(engine, "ones", "A float tensor of ones with the given shape.", |s| {
+        Tensor::ones(s, (Kind::Float, tch::Device::Cpu))
+    });
+    make(engine, "rand", "Uniform [0,1) floats with the given shape (seeded by seed()).", |s| {
+        Tensor::rand(s, (Kind::Float, tch::Device::Cpu))
+    });
+    make(engine, "randn", "Standard normal floats with the given shape (seeded by seed()).", |s| {
+        Tensor::randn(s, (Kind::Float, tch::Device::Cpu))
+    });
+    doc(
+        "randint",
+        &["high: int", "shape: Array"],
+        "Tensor",
+        "Integers uniform in [0, high) with the given shape (i64).",
+    )
+    .register_into_engine(engine, |high: i64, shape: Array| -> RResult<TensorV> {
+        guard("randint", || {
+            if high <= 0 {
+                bail!("high must be > 0, got {high}");
             }
-            Ok(TensorV(Tensor::arange(n, (Kind::Int64, state::device()))))
+            let s = shape_of(&shape, "randint")?;
+            Ok(TensorV(Tensor::randint(high, s.as_slice(), (Kind::Int64, state::device()))))
         })
     });
+    doc("arange", &["n: int"], "Tensor", "0, 1, ..., n-1 as i64.").register_into_engine(
+        engine,
+        |n: i64| -> RResult<TensorV> {
+            guard("arange", || {
+                if n < 0 {
+                    bail!("n must be >= 0, got {n}");
+                }
+                Ok(TensorV(Tensor::arange(n, (Kind::Int64, state::device()))))
+            })
+        },
+    );
 
-    engine.register_get("shape", |x: &mut TensorV| -> Array { x.0.size().into_iter().map(Dynamic::from_int).collect() });
+    engine
+        .register_get("shape", |x: &mut TensorV| -> Array { x.0.size().into_iter().map(Dynamic::from_int).collect() });
     engine.register_get("dtype", |x: &mut TensorV| kind_name(x.0.kind()).to_string());
     engine.register_get("device", |x: &mut TensorV| device::device_name(x.0.device()));
     engine.register_get("numel", |x: &mut TensorV| x.0.numel() as i64);
     engine.register_get("dim", |x: &mut TensorV| x.0.dim() as i64);
-    doc("len", &["x: Tensor"], "int", "Size of the first dimension.").register_into_engine(engine, |x: &mut TensorV| -> RResult<i64> {
-        x.0.size().first().copied().ok_or_else(|| script_err("len: a scalar tensor has no length"))
-    });
+    doc("len", &["x: Tensor"], "int", "Size of the first dimension.").register_into_engine(
+        engine,
+        |x: &mut TensorV| -> RResult<i64> {
+            x.0.size().first().copied().ok_or_else(|| script_err("len: a scalar tensor has no length"))
+        },
+    );
 
     binop(engine, "+", |a, b| a.f_add(b));
     binop(engine, "-", |a, b| a.f_sub(b));
@@ -178,7 +203,9 @@ pub fn register(engine: &mut Engine) {
     unary(engine, "long", "Converts to i64.", |x| x.f_to_kind(Kind::Int64));
     unary(engine, "flatten", "Flattens to one dimension.", |x| x.f_flatten(0, -1));
     unary(engine, "sum", "Sum of all elements (a scalar tensor).", |x| x.f_sum(None::<Kind>));
-    unary(engine, "mean", "Mean of all elements (a scalar tensor, floats).", |x| x.f_to_kind(Kind::Float)?.f_mean(None::<Kind>));
+    unary(engine, "mean", "Mean of all elements (a scalar tensor, floats).", |x| {
+        x.f_to_kind(Kind::Float)?.f_mean(None::<Kind>)
+    });
     unary(engine, "max", "Largest element (a scalar tensor).", |x| x.f_max());
     unary(engine, "min", "Smallest element (a scalar tensor).", |x| x.f_min());
     unary(engine, "softmax", "Softmax over the last dimension.", |x| x.f_softmax(-1, Kind::Float));
@@ -196,7 +223,9 @@ pub fn register(engine: &mut Engine) {
     doc("mean", &["x: Tensor", "dim: int"], "Tensor", "Mean along `dim` (floats).").register_into_engine(
         engine,
         |x: &mut TensorV, dim: i64| -> RResult<TensorV> {
-            guard("mean", || Ok(TensorV(x.0.f_to_kind(Kind::Float)?.f_mean_dim(Some([dim].as_slice()), false, None::<Kind>)?)))
+            guard("mean", || {
+                Ok(TensorV(x.0.f_to_kind(Kind::Float)?.f_mean_dim(Some([dim].as_slice()), false, None::<Kind>)?))
+            })
         },
     );
     doc("clamp", &["x: Tensor", "lo: float", "hi: float"], "Tensor", "Clips every element to [lo, hi].")
@@ -208,16 +237,21 @@ pub fn register(engine: &mut Engine) {
                 Ok(TensorV(x.0.f_clamp(lo, hi)?))
             })
         });
-    doc("reshape", &["x: Tensor", "shape: Array"], "Tensor", "The same elements with a new shape (-1 infers one dimension).")
-        .register_into_engine(engine, |x: &mut TensorV, shape: Array| -> RResult<TensorV> {
-            guard("reshape", || {
-                let s: Vec<i64> = shape
-                    .iter()
-                    .map(|d| d.as_int().map_err(|_| anyhow::anyhow!("shape must hold integers, got {d}")))
-                    .collect::<Result<_>>()?;
-                Ok(TensorV(x.0.f_reshape(s.as_slice())?))
-            })
-        });
+    doc(
+        "reshape",
+        &["x: Tensor", "shape: Array"],
+        "Tensor",
+        "The same elements with a new shape (-1 infers one dimension).",
+    )
+    .register_into_engine(engine, |x: &mut TensorV, shape: Array| -> RResult<TensorV> {
+        guard("reshape", || {
+            let s: Vec<i64> = shape
+                .iter()
+                .map(|d| d.as_int().map_err(|_| anyhow::anyhow!("shape must hold integers, got {d}")))
+                .collect::<Result<_>>()?;
+            Ok(TensorV(x.0.f_reshape(s.as_slice())?))
+        })
+    });
     doc("slice", &["x: Tensor", "start: int", "end: int"], "Tensor", "Rows start..end of the first dimension.")
         .register_into_engine(engine, |x: &mut TensorV, start: i64, end: i64| -> RResult<TensorV> {
             guard("slice", || {
@@ -238,29 +272,34 @@ pub fn register(engine: &mut Engine) {
             Ok(TensorV(x.0.f_get(j)?))
         })
     });
-    doc("item", &["x: Tensor"], "float", "The value of a one-element tensor as a number.")
-        .register_into_engine(engine, |x: &mut TensorV| -> RResult<f64> {
+    doc("item", &["x: Tensor"], "float", "The value of a one-element tensor as a number.").register_into_engine(
+        engine,
+        |x: &mut TensorV| -> RResult<f64> {
             guard("item", || {
                 if x.0.numel() != 1 {
                     bail!("tensor has {} elements; item() needs exactly one", x.0.numel());
                 }
                 Ok(x.0.f_double_value(&[])?)
             })
-        });
+        },
+    );
     doc("to_array", &["x: Tensor"], "Array", "The values as nested arrays (ints for integer tensors).")
         .register_into_engine(engine, |x: &mut TensorV| -> RResult<Dynamic> { guard("to_array", || to_nested(&x.0)) });
     doc("to", &["x: Tensor", "device: &str"], "Tensor", "A copy on another device (\"cpu\", \"cuda:0\", ...).")
         .register_into_engine(engine, |x: &mut TensorV, dev: &str| -> RResult<TensorV> {
             guard("to", || Ok(TensorV(x.0.to_device(device::parse_device(dev)?))))
         });
-    doc("cat", &["xs: Array", "dim: int"], "Tensor", "Concatenates tensors along `dim`.")
-        .register_into_engine(engine, |xs: Array, dim: i64| -> RResult<TensorV> {
+    doc("cat", &["xs: Array", "dim: int"], "Tensor", "Concatenates tensors along `dim`.").register_into_engine(
+        engine,
+        |xs: Array, dim: i64| -> RResult<TensorV> {
             guard("cat", || {
                 let ts: Vec<Tensor> = xs
                     .into_iter()
                     .enumerate()
                     .map(|(i, v)| {
-                        v.try_cast::<TensorV>().map(|t| t.0).ok_or_else(|| anyhow::anyhow!("element {i} is not a Tensor"))
+                        v.try_cast::<TensorV>()
+                            .map(|t| t.0)
+                            .ok_or_else(|| anyhow::anyhow!("element {i} is not a Tensor"))
                     })
                     .collect::<Result<_>>()?;
                 if ts.is_empty() {
@@ -268,11 +307,17 @@ pub fn register(engine: &mut Engine) {
                 }
                 Ok(TensorV(Tensor::f_cat(&ts, dim)?))
             })
-        });
+        },
+    );
     doc("max_abs_diff", &["a: Tensor", "b: Tensor"], "float", "max |a - b| over all elements (shapes must broadcast).")
         .register_into_engine(engine, |a: TensorV, b: TensorV| -> RResult<f64> {
             guard("max_abs_diff", || {
-                Ok(a.0.f_to_kind(Kind::Double)?.f_sub(&b.0.f_to_kind(Kind::Double)?)?.f_abs()?.f_max()?.f_double_value(&[])?)
+                Ok(a.0
+                    .f_to_kind(Kind::Double)?
+                    .f_sub(&b.0.f_to_kind(Kind::Double)?)?
+                    .f_abs()?
+                    .f_max()?
+                    .f_double_value(&[])?)
             })
         });
 }

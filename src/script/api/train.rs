@@ -21,13 +21,48 @@ pub struct TrainResultV(pub std::rc::Rc<TrainResult>);
 
 /// Options shared by train() and satm().
 const COMMON: &[&str] = &[
-    "config", "steps", "epochs", "batch", "lr", "lr_schedule", "optimizer", "momentum", "weight_decay", "nesterov", "val",
-    "eval_every", "val_batches", "patience", "keep_best", "augment", "seed", "precision", "channels_last", "log_every",
-    "checkpoint_every", "name", "resume", "progress", "guard",
+    "config",
+    "steps",
+    "epochs",
+    "batch",
+    "lr",
+    "lr_schedule",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "nesterov",
+    "val",
+    "eval_every",
+    "val_batches",
+    "patience",
+    "keep_best",
+    "augment",
+    "seed",
+    "precision",
+    "channels_last",
+    "log_every",
+    "checkpoint_every",
+    "name",
+    "resume",
+    "progress",
+    "guard",
 ];
 /// Options only satm() takes.
-const SATM_ONLY: &[&str] =
-    &["nets", "frozen", "data", "r_adv", "r_da", "white_box", "eps", "alpha", "attack", "target", "sources", "lambda", "da_hidden"];
+const SATM_ONLY: &[&str] = &[
+    "nets",
+    "frozen",
+    "data",
+    "r_adv",
+    "r_da",
+    "white_box",
+    "eps",
+    "alpha",
+    "attack",
+    "target",
+    "sources",
+    "lambda",
+    "da_hidden",
+];
 
 static RUN_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -40,7 +75,10 @@ fn lr_schedule(o: &Opts) -> Result<Option<LrSchedule>> {
         if every == 0 {
             bail!("lr_schedule: #{{every, gamma}} needs every >= 1");
         }
-        return Ok(Some(LrSchedule::Step { every, gamma: sub.f64_or("gamma", 0.1).map_err(|e| anyhow::anyhow!("{e}"))? }));
+        return Ok(Some(LrSchedule::Step {
+            every,
+            gamma: sub.f64_or("gamma", 0.1).map_err(|e| anyhow::anyhow!("{e}"))?,
+        }));
     }
     Ok(Some(match v.to_string().as_str() {
         "constant" => LrSchedule::Constant,
@@ -97,7 +135,8 @@ fn build_config(o: &Opts, satm: bool) -> Result<TrainConfig> {
         if let Ok(b) = g.as_bool() {
             c.guard.enabled = Some(b);
         } else if g.is_map() {
-            let sub = Opts::new("guard", g.clone().cast::<Map>(), &["enabled", "every", "pgd_steps", "drop", "action"]).map_err(e)?;
+            let sub = Opts::new("guard", g.clone().cast::<Map>(), &["enabled", "every", "pgd_steps", "drop", "action"])
+                .map_err(e)?;
             c.guard.enabled = Some(sub.bool_or("enabled", true).map_err(e)?);
             c.guard.every = sub.usize_or("every", c.guard.every).map_err(e)?;
             c.guard.pgd_steps = sub.usize_or("pgd_steps", c.guard.pgd_steps).map_err(e)?;
@@ -139,7 +178,9 @@ fn build_config(o: &Opts, satm: bool) -> Result<TrainConfig> {
                     .map(|r| {
                         r.clone()
                             .into_array()
-                            .map_err(|_| anyhow::anyhow!("option 'sources': a graph is an array of arrays of network indices"))?
+                            .map_err(|_| {
+                                anyhow::anyhow!("option 'sources': a graph is an array of arrays of network indices")
+                            })?
                             .iter()
                             .map(|i| match i.as_int() {
                                 Ok(v) if v >= 0 => Ok(v as usize),
@@ -154,7 +195,9 @@ fn build_config(o: &Opts, satm: bool) -> Result<TrainConfig> {
                     "round_robin" => SourcePolicy::RoundRobin,
                     "random" => SourcePolicy::Random,
                     "all" => SourcePolicy::All,
-                    o => bail!("option 'sources' is '{o}'; expected \"round_robin\", \"random\", \"all\" or a graph [[1], [0], ...]"),
+                    o => bail!(
+                        "option 'sources' is '{o}'; expected \"round_robin\", \"random\", \"all\" or a graph [[1], [0], ...]"
+                    ),
                 }
             };
         }
@@ -176,11 +219,21 @@ fn borrow_all<'a>(models: &'a [ModelV], what: &str) -> Result<Vec<RefMut<'a, cra
     models
         .iter()
         .enumerate()
-        .map(|(i, m)| m.0.try_borrow_mut().map_err(|_| anyhow::anyhow!("{what}[{i}] is the same model as another one in this call")))
+        .map(|(i, m)| {
+            m.0.try_borrow_mut()
+                .map_err(|_| anyhow::anyhow!("{what}[{i}] is the same model as another one in this call"))
+        })
         .collect()
 }
 
-fn do_train(func: &str, o: Opts, satm: bool, nets: Vec<ModelV>, frozen: Vec<ModelV>, data: DatasetV) -> Result<TrainResultV> {
+fn do_train(
+    func: &str,
+    o: Opts,
+    satm: bool,
+    nets: Vec<ModelV>,
+    frozen: Vec<ModelV>,
+    data: DatasetV,
+) -> Result<TrainResultV> {
     let cfg = build_config(&o, satm)?;
     let val: Option<DatasetV> = o.opt_item::<DatasetV>("val", "Dataset").map_err(|e| anyhow::anyhow!("{e}"))?;
     let resume = o.opt_str("resume").map_err(|e| anyhow::anyhow!("{e}"))?.map(PathBuf::from);
@@ -220,7 +273,13 @@ fn summary_table(r: &TrainResult) -> Table {
     );
     let c = |v: Option<f64>| v.map(Cell::rate).unwrap_or(Cell::Empty);
     for s in &r.trainees {
-        let _ = t.push(vec![Cell::text(&s.label), c(s.train_clean_acc), c(s.train_adv_acc), c(s.val_clean_acc), c(s.val_adv_acc)]);
+        let _ = t.push(vec![
+            Cell::text(&s.label),
+            c(s.train_clean_acc),
+            c(s.train_adv_acc),
+            c(s.val_clean_acc),
+            c(s.val_adv_acc),
+        ]);
     }
     if let Some(d) = &r.dir {
         t.note(format!("run directory: {}", d.display()));
@@ -236,16 +295,25 @@ pub fn register(engine: &mut Engine) {
     engine.register_get("steps", |r: &mut TrainResultV| r.0.steps as i64);
     engine.register_get("stopped", |r: &mut TrainResultV| r.0.stopped.clone());
     engine.register_get("wall_s", |r: &mut TrainResultV| r.0.wall_s);
-    engine.register_get("best_step", |r: &mut TrainResultV| r.0.best_step.map(|s| Dynamic::from_int(s as i64)).unwrap_or(Dynamic::UNIT));
-    engine.register_get("dir", |r: &mut TrainResultV| r.0.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default());
+    engine.register_get("best_step", |r: &mut TrainResultV| {
+        r.0.best_step.map(|s| Dynamic::from_int(s as i64)).unwrap_or(Dynamic::UNIT)
+    });
+    engine.register_get("dir", |r: &mut TrainResultV| {
+        r.0.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
+    });
     engine.register_get("checkpoint", |r: &mut TrainResultV| {
         r.0.checkpoint.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
     });
     engine.register_get("trainees", |r: &mut TrainResultV| -> Array {
         r.0.trainees.iter().map(|s| json_to_dynamic(&serde_json::to_value(s).unwrap_or_default())).collect()
     });
-    doc("table", &["r: TrainResult"], "Table", "Per-network summary: last train clean/adversarial accuracy and validation clean/black-box accuracy.")
-        .register_into_engine(engine, |r: &mut TrainResultV| summary_table(&r.0));
+    doc(
+        "table",
+        &["r: TrainResult"],
+        "Table",
+        "Per-network summary: last train clean/adversarial accuracy and validation clean/black-box accuracy.",
+    )
+    .register_into_engine(engine, |r: &mut TrainResultV| summary_table(&r.0));
 
     doc(
         "train",
@@ -262,12 +330,10 @@ pub fn register(engine: &mut Engine) {
         let o = Opts::new("train", opts, &valid)?;
         guard("train", || do_train("train", o, false, vec![net], vec![], data))
     });
-    doc("train", &["net: Model", "data: Dataset"], "TrainResult", "Standard training with default options.").register_into_engine(
-        engine,
-        |net: ModelV, data: DatasetV| -> RResult<TrainResultV> {
+    doc("train", &["net: Model", "data: Dataset"], "TrainResult", "Standard training with default options.")
+        .register_into_engine(engine, |net: ModelV, data: DatasetV| -> RResult<TrainResultV> {
             guard("train", || do_train("train", Opts::empty("train"), false, vec![net], vec![], data))
-        },
-    );
+        });
     doc(
         "satm",
         &["opts: Map"],
