@@ -313,3 +313,81 @@ fn nan_loss_stops_with_clear_error_and_intact_checkpoint() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// White-box single-step training turns the catastrophic-overfitting guard on by default: it logs PGD accuracy on a
+/// training batch at each check, and a collapse (here forced with a negative threshold) stops the run when asked.
+#[test]
+fn catastrophic_overfitting_guard_logs_and_stops() {
+    let _serial = serial();
+    let data = synthetic(96, 10);
+    let mut a = net(61, "vgg_s");
+    let base = TrainConfig { r_adv: 0.0, r_da: 0.0, white_box: 1.0, attack: "fgsm".into(), ..cfg(6) };
+    let mut guard = base.guard;
+    guard.every = 2;
+    let r = train::run(train::Run {
+        trainees: vec![&mut a],
+        frozen: vec![],
+        train: &data,
+        val: None,
+        cfg: TrainConfig { guard, ..base.clone() },
+        dir: None,
+        resume: None,
+        progress: false,
+    })
+    .unwrap();
+    assert_eq!(r.stopped, "completed");
+    assert_eq!(r.history.series("train", &r.labels[0], "guard_pgd_acc").len(), 3);
+    guard.drop = -1.0;
+    guard.action = satm::core::train::config::GuardAction::Stop;
+    let r = train::run(train::Run {
+        trainees: vec![&mut a],
+        frozen: vec![],
+        train: &data,
+        val: None,
+        cfg: TrainConfig { guard, ..base },
+        dir: None,
+        resume: None,
+        progress: false,
+    })
+    .unwrap();
+    assert_eq!(r.stopped, "guard");
+    assert_eq!(r.steps, 4, "stops at the second check, the first one that has a previous value");
+    assert_eq!(r.history.series("train", &r.labels[0], "guard_collapse").len(), 1);
+}
+
+/// Validation each `eval_every` steps: clean and black-box accuracy per trainee and the early-stopping sum; the best
+/// value is the minimum of that series, and patience stops the run after that many evaluations without improvement.
+#[test]
+fn validation_and_early_stopping_bookkeeping() {
+    let _serial = serial();
+    let data = synthetic(128, 11);
+    let val = synthetic(48, 12);
+    let (mut a, mut b) = (net(71, "vgg_s"), net(72, "vgg_s"));
+    let r = train::run(train::Run {
+        trainees: vec![&mut a, &mut b],
+        frozen: vec![],
+        train: &data,
+        val: Some(&val),
+        cfg: TrainConfig { eval_every: 2, patience: 2, lr: 0.05, ..cfg(12) },
+        dir: None,
+        resume: None,
+        progress: false,
+    })
+    .unwrap();
+    let totals = r.history.series("val", "all", "total_loss");
+    assert!(!totals.is_empty());
+    let min = totals.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    assert_eq!(r.best_val_loss, Some(min));
+    for l in &r.labels {
+        assert_eq!(r.history.series("val", l, "clean_acc").len(), totals.len());
+        assert_eq!(r.history.series("val", l, "adv_acc").len(), totals.len());
+    }
+    let best_at = totals.iter().position(|p| p.1 == min).unwrap();
+    if r.stopped == "early_stopping" {
+        assert_eq!(totals.len(), best_at + 3, "stopped after patience = 2 evaluations without improvement");
+        assert!(r.steps < 12);
+    } else {
+        assert!(totals.len() < best_at + 3);
+        assert_eq!(r.steps, 12);
+    }
+}
