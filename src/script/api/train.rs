@@ -236,7 +236,8 @@ fn do_train(
 ) -> Result<TrainResultV> {
     let cfg = build_config(&o, satm)?;
     let val: Option<DatasetV> = o.opt_item::<DatasetV>("val", "Dataset").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let resume = o.opt_str("resume").map_err(|e| anyhow::anyhow!("{e}"))?.map(PathBuf::from);
+    // An empty string means "no resume", so scripts can pass `param("resume", "")` through.
+    let resume = o.opt_str("resume").map_err(|e| anyhow::anyhow!("{e}"))?.filter(|s| !s.is_empty()).map(PathBuf::from);
     let progress = o.bool_or("progress", true).map_err(|e| anyhow::anyhow!("{e}"))?;
     for f in &frozen {
         if nets.iter().any(|n| std::rc::Rc::ptr_eq(&n.0, &f.0)) {
