@@ -176,14 +176,16 @@ fn cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn ref_script() -> PathBuf {
+/// ref_satm.py: `$SATM_REF_BENCH`, else `bench/ref_satm.py` beside the shared data directory.
+pub fn ref_script() -> PathBuf {
     if let Some(p) = std::env::var_os("SATM_REF_BENCH") {
         return PathBuf::from(p);
     }
     crate::script::data_root().join("../bench/ref_satm.py")
 }
 
-fn venv_python() -> PathBuf {
+/// The project venv's python: `$SATM_VENV/bin/python`, else `~/.cache/satm/venv/bin/python`.
+pub fn venv_python() -> PathBuf {
     let venv = std::env::var_os("SATM_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| dirs::home_dir().unwrap_or_default().join(".cache/satm/venv"));
