@@ -155,25 +155,37 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
         Ok(t.elapsed().as_secs_f64())
     };
     go(2)?;
+    let cpu0 = cpu_seconds();
     let dt = go(a.steps)?;
+    let cpu = cpu_seconds() - cpu0;
     let (bf16, why) = precision.resolve(Device::Cpu);
     let flops = step_flops(&a.arch, a.size, a.width, classes, a.batch, a.k)? * a.steps as f64;
     Ok(serde_json::json!({
         "impl": "satm", "arch": a.arch, "size": a.size, "batch": a.batch, "k": a.k, "threads": device::threads(),
         "precision": if bf16 { "bf16" } else { "fp32" }, "precision_reason": why, "channels_last": a.channels_last,
         "steps": a.steps, "s_per_step": dt / a.steps as f64, "img_per_s": (a.batch as usize * a.steps) as f64 / dt,
-        "gflop_per_s": flops / dt / 1e9, "max_rss_mb": device::peak_rss_mb(),
+        "gflop_per_s": flops / dt / 1e9, "cpu_s_per_step": cpu / a.steps as f64, "max_rss_mb": device::peak_rss_mb(),
     }))
 }
 
-fn ref_script() -> PathBuf {
+/// CPU seconds (user + system, all threads) this process has used.
+fn cpu_seconds() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// ref_satm.py: `$SATM_REF_BENCH`, else `bench/ref_satm.py` beside the shared data directory.
+pub fn ref_script() -> PathBuf {
     if let Some(p) = std::env::var_os("SATM_REF_BENCH") {
         return PathBuf::from(p);
     }
     crate::script::data_root().join("../bench/ref_satm.py")
 }
 
-fn venv_python() -> PathBuf {
+/// The project venv's python: `$SATM_VENV/bin/python`, else `~/.cache/satm/venv/bin/python`.
+pub fn venv_python() -> PathBuf {
     let venv = std::env::var_os("SATM_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| dirs::home_dir().unwrap_or_default().join(".cache/satm/venv"));

@@ -149,6 +149,8 @@ fn batches_per_epoch(n: usize, b: usize) -> usize {
 pub fn run(mut run: Run) -> Result<TrainResult> {
     let cfg = run.cfg.clone();
     cfg.validate()?;
+    // Every step frees and re-allocates the same activation sizes: keep them in the heap (no page faults per step).
+    crate::core::amp::retain_freed_memory();
     let t0 = std::time::Instant::now();
     let k_tr = run.trainees.len();
     let n_total = k_tr + run.frozen.len();
