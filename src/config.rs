@@ -59,7 +59,7 @@ fn field_before(text: &str, line: usize, col: usize) -> Option<String> {
         }
         end += l.len();
     }
-    let b = text[..end.min(text.len())].as_bytes();
+    let b = &text.as_bytes()[..end.min(text.len())];
     let (mut i, mut last) = (0, None);
     while i < b.len() {
         match b[i] {

@@ -114,7 +114,7 @@ impl Report {
         match fx.eval(code) {
             Outcome::Err(msg) => {
                 if std::env::var_os("SATM_SHOW").is_some() {
-                    eprintln!("{code}\n    -> {}", short(&msg.lines().next().unwrap_or("")));
+                    eprintln!("{code}\n    -> {}", short(msg.lines().next().unwrap_or("")));
                 }
                 let low = msg.to_lowercase();
                 let missing: Vec<&&str> =

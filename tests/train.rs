@@ -14,7 +14,7 @@ const CLASSES: i64 = 4;
 fn synthetic(n: usize, seed: i64) -> Dataset {
     tch::manual_seed(seed);
     let labels: Vec<i64> = (0..n as i64).map(|i| i % CLASSES).collect();
-    let mut imgs = Tensor::rand([n as i64, 3, SIZE, SIZE], (Kind::Float, Device::Cpu)) * 0.35;
+    let imgs = Tensor::rand([n as i64, 3, SIZE, SIZE], (Kind::Float, Device::Cpu)) * 0.35;
     for (i, &c) in labels.iter().enumerate() {
         let off = c * 3;
         let v = 0.45 + 0.15 * c as f64;

@@ -270,6 +270,7 @@ fn type_and_value(v: &Dynamic) -> String {
 
 /// An option-parsing error raised inside a `guard` body, as an `anyhow` error with the bare message (the guard adds
 /// the function name once; Rhai's Display would add "Runtime error: " and the position).
+#[allow(clippy::boxed_local)] // the Box is what `map_err(to_anyhow)` receives from every RResult
 pub fn to_anyhow(e: Box<EvalAltResult>) -> anyhow::Error {
     match *e {
         EvalAltResult::ErrorRuntime(v, _) => anyhow::anyhow!("{v}"),

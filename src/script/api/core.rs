@@ -79,10 +79,10 @@ pub fn register(engine: &mut Engine) {
             match state::param(name) {
                 None => Ok(default),
                 Some(v) => {
-                    if default.is_float() {
-                        if let Ok(i) = v.as_int() {
-                            return Ok(Dynamic::from_float(i as f64));
-                        }
+                    if default.is_float()
+                        && let Ok(i) = v.as_int()
+                    {
+                        return Ok(Dynamic::from_float(i as f64));
                     }
                     if default.is_string() && !v.is_string() {
                         return Ok(Dynamic::from(v.to_string()));
