@@ -17,7 +17,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 const CLASSES: i64 = 8;
 
-/// Class k: a bright square whose position and brightness grow with k, on noise — learnable in seconds.
+/// The ordinal stripes data set of core::data::synthetic: learnable by a small CNN in seconds.
 fn synthetic(n: usize, seed: u64) -> Dataset {
     satm::core::data::synthetic(&satm::core::data::SyntheticOpts {
         n,

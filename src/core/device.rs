@@ -45,9 +45,12 @@ pub fn seed_everything(seed: u64) {
     }
 }
 
+/// More intra-op threads than this is a typo, not a machine: libtorch would try to start them all.
+pub const MAX_THREADS: usize = 1024;
+
 pub fn set_threads(n: usize) -> Result<()> {
-    if n == 0 {
-        bail!("threads must be at least 1");
+    if !(1..=MAX_THREADS).contains(&n) {
+        bail!("threads must be between 1 and {MAX_THREADS}, got {n}");
     }
     tch::set_num_threads(n as i32);
     Ok(())

@@ -41,10 +41,20 @@ pub fn guard<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> RResult<T>
             if crate::core::cancel::is_cancel_error(&e) {
                 Err(script_err("cancelled by Ctrl-C"))
             } else {
-                Err(script_err(format!("{name}: {}", first_torch_line(&format!("{e:#}")))))
+                Err(script_err(prefixed(name, first_torch_line(&format!("{e:#}")))))
             }
         }
-        Err(p) => Err(script_err(format!("{name}: {}", first_torch_line(&panic_text(p))))),
+        Err(p) => Err(script_err(prefixed(name, first_torch_line(&torch_panic_message(&panic_text(p)))))),
+    }
+}
+
+/// tch's infallible ops (and a few fallible ones, whose temporary `Scalar` checks the error flag on drop) panic with
+/// "called `Result::unwrap()` on an `Err` value: Torch(\"msg\nframe #0 ...\")": keep libtorch's message.
+fn torch_panic_message(p: &str) -> String {
+    const PREFIX: &str = "called `Result::unwrap()` on an `Err` value: Torch(\"";
+    match p.strip_prefix(PREFIX) {
+        Some(rest) => rest.strip_suffix("\")").unwrap_or(rest).replace("\\n", "\n").replace("\\\"", "\""),
+        None => p.to_string(),
     }
 }
 
@@ -118,7 +128,7 @@ impl Opts {
     }
 
     fn bad(&self, key: &str, want: &str, v: &Dynamic) -> Box<EvalAltResult> {
-        script_err(format!("{}: option '{key}' must be {want}, got {} ({v})", self.func, v.type_name()))
+        script_err(format!("{}: option '{key}' must be {want}, got {}", self.func, type_and_value(v)))
     }
 
     pub fn f64_or(&self, key: &str, default: f64) -> RResult<f64> {
@@ -198,7 +208,7 @@ impl Opts {
             .enumerate()
             .map(|(i, v)| {
                 v.clone().try_cast::<T>().ok_or_else(|| {
-                    script_err(format!("{}: {key}[{i}] must be a {type_name}, got {}", self.func, v.type_name()))
+                    script_err(format!("{}: {key}[{i}] must be a {type_name}, got {}", self.func, type_label(&v)))
                 })
             })
             .collect()
@@ -227,6 +237,51 @@ impl Opts {
     pub fn map(&self) -> &Map {
         &self.map
     }
+}
+
+/// The script-facing name of a Rhai type name: `Tensor` rather than `satm::script::types::TensorV`.
+pub fn friendly_type(name: &str) -> String {
+    match name.rsplit("::").next().unwrap_or(name) {
+        "TensorV" => "Tensor",
+        "ModelV" => "Model",
+        "DatasetV" => "Dataset",
+        "BatchesV" => "Batches",
+        "BatchV" => "Batch",
+        "TrainResultV" => "TrainResult",
+        "ImmutableString" => "string",
+        other => other,
+    }
+    .to_string()
+}
+
+/// The script-facing type of a value (see [`friendly_type`]).
+pub fn type_label(v: &Dynamic) -> String {
+    friendly_type(v.type_name())
+}
+
+/// "i64 (3)" for plain values; just the type for tensors, models and other objects, whose text is long.
+fn type_and_value(v: &Dynamic) -> String {
+    if v.is_int() || v.is_float() || v.is_bool() || v.is_string() || v.is_char() {
+        format!("{} ({v})", type_label(v))
+    } else {
+        type_label(v)
+    }
+}
+
+/// An option-parsing error raised inside a `guard` body, as an `anyhow` error with the bare message (the guard adds
+/// the function name once; Rhai's Display would add "Runtime error: " and the position).
+#[allow(clippy::boxed_local)] // the Box is what `map_err(to_anyhow)` receives from every RResult
+pub fn to_anyhow(e: Box<EvalAltResult>) -> anyhow::Error {
+    match *e {
+        EvalAltResult::ErrorRuntime(v, _) => anyhow::anyhow!("{v}"),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+/// "`name`: msg", unless the message already starts with it (core errors that name the attack, options parsed
+/// inside a guard), which would read "fgsm: fgsm: ...".
+pub fn prefixed(name: &str, msg: String) -> String {
+    if msg.starts_with(name) && msg[name.len()..].starts_with(": ") { msg } else { format!("{name}: {msg}") }
 }
 
 /// Numbers from scripts: ints and floats both accepted where a float is wanted.
@@ -289,5 +344,31 @@ pub fn dynamic_to_json(v: &Dynamic) -> serde_json::Value {
         Value::Object(m.iter().map(|(k, v)| (k.to_string(), dynamic_to_json(v))).collect())
     } else {
         Value::String(v.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_panics_keep_libtorch_message_only() {
+        let p = "called `Result::unwrap()` on an `Err` value: Torch(\"can't allocate \\\"x\\\"\\nframe #0: c10::f\\nframe #1: g\")";
+        assert_eq!(first_torch_line(&torch_panic_message(p)), "can't allocate \"x\"");
+        assert_eq!(torch_panic_message("index out of bounds"), "index out of bounds");
+    }
+
+    #[test]
+    fn prefix_is_added_once() {
+        assert_eq!(prefixed("fgsm", "fgsm: eps must be >= 0".into()), "fgsm: eps must be >= 0");
+        assert_eq!(prefixed("fgsm", "fgsmx: y".into()), "fgsm: fgsmx: y");
+        assert_eq!(prefixed("attack", "fgsm: eps".into()), "attack: fgsm: eps");
+    }
+
+    #[test]
+    fn custom_types_get_script_names() {
+        assert_eq!(friendly_type("satm::script::types::TensorV"), "Tensor");
+        assert_eq!(friendly_type("satm::core::report::table::Table"), "Table");
+        assert_eq!(friendly_type("i64"), "i64");
     }
 }

@@ -119,6 +119,20 @@ fn leaf_message(err: &EvalAltResult) -> String {
             m
         }
     };
+    // A call with the wrong argument types or count: say what the function does take.
+    let msg = match err {
+        EvalAltResult::ErrorFunctionNotFound(sig, _) => {
+            let name = sig.split(" (").next().unwrap_or(sig);
+            let docs = docs::lookup(name);
+            if docs.is_empty() {
+                msg
+            } else {
+                let sigs: Vec<String> = docs.iter().map(|d| d.signature.clone()).collect();
+                format!("{msg}; {name} takes: {}", sigs.join(" | "))
+            }
+        }
+        _ => msg,
+    };
     // tch prefixes every libtorch error with this; it says nothing to a script author.
     msg.replace("Internal torch error: ", "")
 }

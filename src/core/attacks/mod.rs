@@ -659,12 +659,13 @@ impl<'a> Ctx<'a> {
             let logits = self.logits(&xv)?;
             let loss = loss_fn(&logits)?;
             let total = loss.f_sum(Kind::Float)?;
-            ensure!(
-                total.requires_grad(),
-                "the sources' logits do not depend on the input (no gradient); gradient attacks need a differentiable model"
-            );
+            const NO_GRAD: &str = "the sources' logits do not depend on the input (no gradient); gradient attacks need a differentiable model";
+            ensure!(total.requires_grad(), NO_GRAD);
             let mut g = Tensor::f_run_backward(&[&total], &[&xv], false, false).context("input gradient")?;
             let grad = g.pop().context("autograd returned no gradient")?;
+            // The loss can require grad through the weights alone (a wrapper that detaches its input): autograd then
+            // returns an undefined gradient for x, which libtorch would only report at the next op.
+            ensure!(grad.defined(), NO_GRAD);
             Ok(GradOut { grad, logits: logits.f_detach()?, loss: loss.f_detach()? })
         })
     }

@@ -135,7 +135,7 @@ pub fn decode_uncached(paths: &[PathBuf], opts: &DecodeOpts) -> Result<Decoded> 
     let s = opts.size;
     let per = (3 * s * s) as usize;
     let n = paths.len();
-    let mut buf = vec![0u8; n * per];
+    let mut buf = super::zeroed_bytes(n, per, &format!("{n} images of {s}×{s}"))?;
     let nt = threads(opts, n);
     let chunk = n.div_ceil(nt).max(1);
     let mut failed: Vec<(usize, String)> = Vec::new();

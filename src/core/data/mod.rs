@@ -23,6 +23,18 @@ use anyhow::{Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use tch::{Kind, Tensor};
 
+/// A zeroed buffer of `n × item` bytes, or an error naming `what` when it cannot be had. `vec![0; n]` would abort
+/// the whole process (a REPL session included) on an absurd size from a script instead of reporting it.
+pub(crate) fn zeroed_bytes(n: usize, item: usize, what: &str) -> Result<Vec<u8>> {
+    let len = n.checked_mul(item).ok_or_else(|| anyhow::anyhow!("{what}: {n} × {item} bytes overflows"))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        anyhow::anyhow!("{what}: cannot allocate {:.1} GiB of memory", len as f64 / (1u64 << 30) as f64)
+    })?;
+    v.resize(len, 0);
+    Ok(v)
+}
+
 /// The 8 Adience age groups, in order (the class names of every age dataset).
 pub const AGE_GROUPS: [&str; 8] = ["0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60-"];
 

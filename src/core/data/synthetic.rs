@@ -40,12 +40,13 @@ pub fn synthetic(o: &SyntheticOpts) -> Result<Dataset> {
         bail!("synthetic: noise must be in [0, 1], got {}", o.noise);
     }
     let (n, k, s) = (o.n, o.classes, o.size as usize);
+    // The pixel buffer first: it is the largest allocation, and it fails with an error rather than an abort.
+    let hw = s * s;
+    let mut px = super::zeroed_bytes(n, 3 * hw, &format!("synthetic: n = {n} images of {s}×{s}"))?;
     // Balanced classes in a seeded order.
     let perm = rng::permutation(n, o.seed, 41);
     let labels: Vec<i64> = perm.iter().map(|&p| p % k as i64).collect();
     let mut r = rng::chacha(o.seed, 42);
-    let hw = s * s;
-    let mut px = vec![0u8; n * 3 * hw];
     for (i, &l) in labels.iter().enumerate() {
         let t = l as f64 / (k - 1) as f64;
         let bright = 0.2 + 0.6 * t;

@@ -330,6 +330,9 @@ impl Table {
     /// Returns the files written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
         let path = path.as_ref();
+        if path.file_name().is_none() {
+            bail!("saving table '{}': '{}' is not a file path", self.title, path.display());
+        }
         let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
         let one = |p: &Path, fmt: &str| -> Result<()> {
             let text = match fmt {

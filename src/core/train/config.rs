@@ -265,6 +265,14 @@ impl TrainConfig {
         if let LambdaSchedule::Constant(l) = self.lambda {
             pos("lambda", l)?;
         }
+        if self.guard_enabled() {
+            if self.guard.pgd_steps == 0 {
+                bail!("guard pgd_steps must be at least 1");
+            }
+            if !(self.guard.drop > 0.0 && self.guard.drop <= 1.0) {
+                bail!("guard drop is an accuracy drop in (0, 1], got {}", self.guard.drop);
+            }
+        }
         Ok(())
     }
 }

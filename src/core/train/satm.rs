@@ -622,6 +622,9 @@ fn m_acc(a: &mut Acc, name: &'static str, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Receives one validation point: (step, epoch, split, net, metric, value).
+type Emit<'a> = dyn FnMut(usize, usize, &str, &str, &str, f64) + 'a;
+
 /// Validation: each trainee's clean accuracy/loss and its accuracy/loss on adversarial examples crafted on its
 /// sources (black-box for SATM), and the early-stopping criterion Σ_k (CE clean + r_adv·CE adv). Returns that sum.
 #[allow(clippy::too_many_arguments)]
@@ -634,7 +637,7 @@ fn validate(
     labels: &[String],
     step: usize,
     epoch: usize,
-    emit: &mut dyn FnMut(usize, usize, &str, &str, &str, f64),
+    emit: &mut Emit<'_>,
 ) -> Result<f64> {
     let k_tr = run.trainees.len();
     let n_total = k_tr + run.frozen.len();

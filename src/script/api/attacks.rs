@@ -5,7 +5,7 @@ use crate::core::amp::Autocast;
 use crate::core::attacks::{self, AttackKind, AttackSpec};
 use crate::core::models::{Classifier, Net};
 use crate::script::api::models::ModelV;
-use crate::script::convert::{Opts, RResult, guard, script_err, str_array};
+use crate::script::convert::{Opts, RResult, friendly_type, guard, prefixed, script_err, str_array};
 use crate::script::docs::doc;
 use crate::script::state;
 use crate::script::types::TensorV;
@@ -49,7 +49,7 @@ pub fn spec_from_opts(func: &str, kind: AttackKind, map: Map, extra: &[&str]) ->
 }
 
 fn bad(func: &str, e: anyhow::Error) -> Box<rhai::EvalAltResult> {
-    script_err(format!("{func}: {e:#}"))
+    script_err(prefixed(func, format!("{e:#}")))
 }
 
 /// One Model or an array of Models (an ensemble).
@@ -65,13 +65,13 @@ fn models_of(func: &str, v: &Dynamic) -> RResult<Vec<ModelV>> {
             .into_iter()
             .enumerate()
             .map(|(i, m)| {
-                m.clone()
-                    .try_cast::<ModelV>()
-                    .ok_or_else(|| script_err(format!("{func}: models[{i}] must be a Model, got {}", m.type_name())))
+                m.clone().try_cast::<ModelV>().ok_or_else(|| {
+                    script_err(format!("{func}: models[{i}] must be a Model, got {}", friendly_type(m.type_name())))
+                })
             })
             .collect();
     }
-    Err(script_err(format!("{func}: expected a Model or an array of Models, got {}", v.type_name())))
+    Err(script_err(format!("{func}: expected a Model or an array of Models, got {}", friendly_type(v.type_name()))))
 }
 
 /// Crafts with `spec` on the models, under the session's precision (bf16 autocast where it resolves so; the
@@ -117,7 +117,9 @@ fn shortcut(func: &'static str, kind: AttackKind, engine: &mut Engine, text: &st
 fn apgd(m: Dynamic, x: TensorV, y: TensorV, mut o: Map) -> RResult<TensorV> {
     let loss = match o.remove("loss") {
         None => "ce".to_string(),
-        Some(v) => v.into_string().map_err(|t| script_err(format!("apgd: option 'loss' must be a string, got {t}")))?,
+        Some(v) => v
+            .into_string()
+            .map_err(|t| script_err(format!("apgd: option 'loss' must be a string, got {}", friendly_type(t))))?,
     };
     let kind = match loss.as_str() {
         "ce" => AttackKind::ApgdCe,
@@ -141,7 +143,10 @@ fn grid(
             .map(|a| {
                 a.into_iter()
                     .enumerate()
-                    .map(|(i, v)| v.into_string().map_err(|t| anyhow!("class_names[{i}] must be a string, got {t}")))
+                    .map(|(i, v)| {
+                        v.into_string()
+                            .map_err(|t| anyhow!("class_names[{i}] must be a string, got {}", friendly_type(t)))
+                    })
                     .collect::<anyhow::Result<Vec<String>>>()
             })
             .transpose()?;

@@ -21,6 +21,7 @@ pub fn read_results() -> anyhow::Result<serde_json::Map<String, serde_json::Valu
 /// Records `value` under `name` in the run directory's results.json (rewritten atomically). `satm grid collect`
 /// merges these files across grid points.
 pub fn record_json(name: &str, value: serde_json::Value) -> anyhow::Result<()> {
+    anyhow::ensure!(!name.trim().is_empty(), "the name to record under is empty");
     let mut m = read_results()?;
     m.insert(name.to_string(), value);
     let path = state::out_dir()?.join("results.json");
@@ -51,10 +52,15 @@ pub fn register(engine: &mut Engine) {
         .register_into_engine(engine, || device::device_name(state::device()));
     doc("cuda_available", &[], "bool", "Whether libtorch sees a CUDA device.")
         .register_into_engine(engine, tch::Cuda::is_available);
-    doc("threads", &["n: int"], "()", "Sets the number of intra-op CPU threads libtorch uses.")
-        .register_into_engine(engine, |n: i64| -> RResult<()> {
-            guard("threads", || device::set_threads(n.max(0) as usize))
-        });
+    doc("threads", &["n: int"], "()", "Sets the number of intra-op CPU threads libtorch uses.").register_into_engine(
+        engine,
+        |n: i64| -> RResult<()> {
+            guard("threads", || {
+                anyhow::ensure!(n >= 1, "threads must be at least 1");
+                device::set_threads(usize::try_from(n)?)
+            })
+        },
+    );
     doc("threads", &[], "int", "The number of intra-op CPU threads.")
         .register_into_engine(engine, || device::threads() as i64);
     doc("precision", &["p: &str"], "String", "Sets the precision of network passes: \"fp32\", \"bf16\" or \"auto\" (bf16 where the hardware is fast at it). Returns what auto resolved to and why.")
@@ -73,10 +79,10 @@ pub fn register(engine: &mut Engine) {
             match state::param(name) {
                 None => Ok(default),
                 Some(v) => {
-                    if default.is_float() {
-                        if let Ok(i) = v.as_int() {
-                            return Ok(Dynamic::from_float(i as f64));
-                        }
+                    if default.is_float()
+                        && let Ok(i) = v.as_int()
+                    {
+                        return Ok(Dynamic::from_float(i as f64));
                     }
                     if default.is_string() && !v.is_string() {
                         return Ok(Dynamic::from(v.to_string()));

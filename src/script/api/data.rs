@@ -1,7 +1,7 @@
 //! Script API for core::data: the `Dataset`, `Batches` and `Batch` types and the loaders
 //! (`adience`, `utkface`, `image_folder`, `csv_manifest`, `synthetic`).
 use crate::core::data::{self, BatchOpts, Dataset, DecodeOpts};
-use crate::script::convert::{Opts, RResult, guard, i64_array, script_err, str_array};
+use crate::script::convert::{Opts, RResult, friendly_type, guard, i64_array, script_err, str_array};
 use crate::script::docs::doc;
 use crate::script::types::TensorV;
 use crate::script::{data_root, state};
@@ -391,7 +391,11 @@ pub fn register(engine: &mut Engine) {
             guard("subset", || {
                 let idx: Vec<i64> = idx
                     .iter()
-                    .map(|v| v.as_int().map_err(|_| anyhow::anyhow!("indices must be integers, got {}", v.type_name())))
+                    .map(|v| {
+                        v.as_int().map_err(|_| {
+                            anyhow::anyhow!("indices must be integers, got {}", friendly_type(v.type_name()))
+                        })
+                    })
                     .collect::<anyhow::Result<_>>()?;
                 Ok(wrap(d.0.subset(&idx)?))
             })

@@ -16,7 +16,9 @@ use crate::core::report::Table;
 use crate::script::api::attacks::spec_from_opts;
 use crate::script::api::data::DatasetV;
 use crate::script::api::models::ModelV;
-use crate::script::convert::{Opts, RResult, guard, i64_array, script_err, str_array, to_f64};
+use crate::script::convert::{
+    Opts, RResult, friendly_type, guard, i64_array, script_err, str_array, to_anyhow, to_f64,
+};
 use crate::script::docs::doc;
 use crate::script::state;
 use anyhow::{Context, anyhow, bail};
@@ -76,19 +78,64 @@ fn parse(func: &str, mut map: Map, extra: &[&str], default_attack: Option<&str>)
     if !sources.is_empty() && attack.is_none() {
         return Err(script_err(format!("{func}: 'sources' given but no attack to craft with them")));
     }
-    let seed = match o.opt_i64("seed")? {
-        Some(s) if s < 0 => {
-            return Err(script_err(format!("{func}: option 'seed' must be >= 0, got {s}")));
-        }
-        Some(s) => s as u64,
-        None => state::with(|s| s.seed),
-    };
-    let batch = o.usize_or("batch", 64)?;
-    if batch == 0 {
-        return Err(script_err(format!("{func}: option 'batch' must be at least 1")));
-    }
-    let limit = o.opt_i64("limit")?.map(|l| l.max(0) as usize);
+    let seed = seed_opt(&o)?;
+    let batch = batch_opt(&o, 64)?;
+    let limit = limit_opt(&o)?;
     Ok(Parsed { batch, limit, seed, attack, sources, extra: o })
+}
+
+/// Option `seed`: >= 0, default the session seed.
+fn seed_opt(o: &Opts) -> RResult<u64> {
+    match o.opt_i64("seed")? {
+        Some(s) if s < 0 => Err(script_err(format!("{}: option 'seed' must be >= 0, got {s}", o.func()))),
+        Some(s) => Ok(s as u64),
+        None => Ok(state::with(|s| s.seed)),
+    }
+}
+
+/// Option `batch`: at least 1.
+fn batch_opt(o: &Opts, default: usize) -> RResult<usize> {
+    match o.usize_or("batch", default)? {
+        0 => Err(script_err(format!("{}: option 'batch' must be at least 1", o.func()))),
+        b => Ok(b),
+    }
+}
+
+/// Option `limit` (evaluate a seeded subset of this many examples): at least 1 when given.
+fn limit_opt(o: &Opts) -> RResult<Option<usize>> {
+    match o.opt_i64("limit")? {
+        Some(l) if l < 1 => Err(script_err(format!("{}: option 'limit' must be at least 1, got {l}", o.func()))),
+        l => Ok(l.map(|l| l as usize)),
+    }
+}
+
+/// A list of ε values: an array of at least one number, each in [0, 1] pixel units.
+fn eps_list(func: &str, v: Option<Dynamic>) -> RResult<Vec<f64>> {
+    let Some(v) = v else { return Ok(vec![32.0 / 256.0, 16.0 / 256.0, 8.0 / 256.0, 4.0 / 256.0]) };
+    let a = v
+        .into_array()
+        .map_err(|t| script_err(format!("{func}: 'eps' must be an array of numbers, got {}", friendly_type(t))))?;
+    if a.is_empty() {
+        return Err(script_err(format!("{func}: 'eps' is empty; give at least one ε (e.g. [16.0/256])")));
+    }
+    a.iter()
+        .map(|x| match to_f64(x) {
+            Some(e) if (0.0..=1.0).contains(&e) => Ok(e),
+            Some(e) => {
+                Err(script_err(format!("{func}: 'eps' values are in [0, 1] pixel units (16/256 = 0.0625), got {e}")))
+            }
+            None => Err(script_err(format!("{func}: 'eps' must hold numbers, got {}", friendly_type(x.type_name())))),
+        })
+        .collect()
+}
+
+/// A finite number in [0, 1] (tolerances, fractions).
+fn unit_opt(o: &Opts, key: &str, default: f64) -> RResult<f64> {
+    let v = o.f64_or(key, default)?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(script_err(format!("{}: option '{key}' must be in [0, 1], got {v}", o.func())));
+    }
+    Ok(v)
 }
 
 /// One Model or an array of Models.
@@ -96,16 +143,15 @@ fn models_of(func: &str, key: &str, v: &Dynamic) -> RResult<Vec<ModelV>> {
     if let Some(m) = v.clone().try_cast::<ModelV>() {
         return Ok(vec![m]);
     }
-    let arr = v
-        .clone()
-        .into_array()
-        .map_err(|t| script_err(format!("{func}: '{key}' must be a Model or an array of Models, got {t}")))?;
+    let arr = v.clone().into_array().map_err(|t| {
+        script_err(format!("{func}: '{key}' must be a Model or an array of Models, got {}", friendly_type(t)))
+    })?;
     arr.into_iter()
         .enumerate()
         .map(|(i, m)| {
-            m.clone()
-                .try_cast::<ModelV>()
-                .ok_or_else(|| script_err(format!("{func}: {key}[{i}] must be a Model, got {}", m.type_name())))
+            m.clone().try_cast::<ModelV>().ok_or_else(|| {
+                script_err(format!("{func}: {key}[{i}] must be a Model, got {}", friendly_type(m.type_name())))
+            })
         })
         .collect()
 }
@@ -161,9 +207,9 @@ fn rates_of(v: &Dynamic, what: &str) -> anyhow::Result<(Vec<Rates>, String, Stri
     let mut out = vec![];
     let (mut model, mut sources) = (String::new(), String::new());
     for (k, it) in items.iter().enumerate() {
-        let m = it
-            .read_lock::<Map>()
-            .with_context(|| format!("{what}: expected an evaluate() result map, got {}", it.type_name()))?;
+        let m = it.read_lock::<Map>().with_context(|| {
+            format!("{what}: expected an evaluate() result map, got {}", friendly_type(it.type_name()))
+        })?;
         let num = |key: &str| -> anyhow::Result<f64> {
             m.get(key).and_then(to_f64).with_context(|| format!("{what}: result {k} has no number '{key}'"))
         };
@@ -181,7 +227,8 @@ fn rates_of(v: &Dynamic, what: &str) -> anyhow::Result<(Vec<Rates>, String, Stri
 }
 
 fn arr(func: &str, what: &str, v: Dynamic) -> RResult<Array> {
-    v.into_array().map_err(|t| script_err(format!("{func}: '{what}' must be an array of results, got {t}")))
+    v.into_array()
+        .map_err(|t| script_err(format!("{func}: '{what}' must be an array of results, got {}", friendly_type(t))))
 }
 
 /// `names[i]` if given, else `fallback`.
@@ -233,7 +280,7 @@ fn change_from_results(
         }
         let cols: &[&str] = if two_labels { &["Target", "Adv model"] } else { &["Model"] };
         let mut t = tables::change_table(title, cols, &rows)?;
-        add_notes(&mut t, &o).map_err(|e| anyhow!("{e}"))?;
+        add_notes(&mut t, &o).map_err(to_anyhow)?;
         Ok(t)
     })
 }
@@ -260,17 +307,7 @@ fn do_evaluate(m: ModelV, d: DatasetV, opts: Map) -> RResult<Map> {
 fn do_eps_sweep(m: ModelV, d: DatasetV, mut opts: Map) -> RResult<Map> {
     let eps = opts.remove("eps");
     let p = parse("eps_sweep", opts, &[], Some("r_step_ll"))?;
-    let eps: Vec<f64> = match eps {
-        None => vec![32.0 / 256.0, 16.0 / 256.0, 8.0 / 256.0, 4.0 / 256.0],
-        Some(v) => {
-            let a = v
-                .into_array()
-                .map_err(|t| script_err(format!("eps_sweep: 'eps' must be an array of numbers, got {t}")))?;
-            a.iter()
-                .map(|x| to_f64(x).ok_or_else(|| script_err("eps_sweep: 'eps' must hold numbers")))
-                .collect::<RResult<Vec<f64>>>()?
-        }
-    };
+    let eps = eps_list("eps_sweep", eps)?;
     guard("eps_sweep", || {
         let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
         let src_nets = borrow(&p.sources)?;
@@ -358,7 +395,7 @@ fn table_holdout(variants: Map, opts: Map) -> RResult<Table> {
             &order,
             &rows,
         )?;
-        add_notes(&mut t, &o).map_err(|e| anyhow!("{e}"))?;
+        add_notes(&mut t, &o).map_err(to_anyhow)?;
         Ok(t)
     })
 }
@@ -400,6 +437,9 @@ clean rates.",
             _ => Metric::Accuracy,
         };
         let attack = p.attack.clone().ok_or_else(|| script_err("transfer_matrix: no attack"))?;
+        if srcs.is_empty() || targets.is_empty() {
+            return Err(script_err("transfer_matrix: 'sources' and 'targets' must each hold at least one Model"));
+        }
         guard("transfer_matrix", || {
             let s_nets = borrow(&srcs)?;
             let t_nets = borrow(&targets)?;
@@ -427,15 +467,7 @@ default [32, 16, 8, 4]/256), attack (\"r_step_ll\") and its options, batch, limi
     .register_into_engine(engine, |models: Array, d: DatasetV, mut opts: Map| -> RResult<Table> {
         let eps = opts.remove("eps");
         let p = parse("table_eps", opts, &["title"], Some("r_step_ll"))?;
-        let eps: Vec<f64> = match eps {
-            None => vec![32.0 / 256.0, 16.0 / 256.0, 8.0 / 256.0, 4.0 / 256.0],
-            Some(v) => v
-                .into_array()
-                .map_err(|t| script_err(format!("table_eps: 'eps' must be an array, got {t}")))?
-                .iter()
-                .map(|x| to_f64(x).ok_or_else(|| script_err("table_eps: 'eps' must hold numbers")))
-                .collect::<RResult<_>>()?,
-        };
+        let eps = eps_list("table_eps", eps)?;
         let ms = models_of("table_eps", "models", &Dynamic::from_array(models))?;
         let title = p.extra.opt_str("title")?;
         guard("table_eps", || {
@@ -525,9 +557,9 @@ rates with ε, norm, seed and every attack setting in its notes.";
         let def = RobustOpts::default();
         let ro = RobustOpts {
             eps: o.f64_or("eps", def.eps)?,
-            batch_size: o.usize_or("batch", def.batch_size)?.max(1),
-            limit: o.opt_i64("limit")?.map(|l| l.max(0) as usize),
-            seed: o.opt_i64("seed")?.map(|s| s.max(0) as u64).unwrap_or_else(|| state::with(|s| s.seed)),
+            batch_size: batch_opt(&o, def.batch_size)?,
+            limit: limit_opt(&o)?,
+            seed: seed_opt(&o)?,
             apgd_steps: o.usize_or("steps", def.apgd_steps)?,
             n_target_classes: o.usize_or("targets", def.n_target_classes)?,
             square_queries: o.usize_or("queries", def.square_queries)?,
@@ -567,16 +599,21 @@ eps_factors ([0.25, 0.5, 1, 2]), tolerance (0.02), max_bad_grad (0.05), batch, l
         let def = MaskingOpts::default();
         let source: Option<ModelV> = o.opt_item("source", "Model")?;
         let eps_factors = o.f64_array("eps_factors")?.unwrap_or(def.eps_factors.clone());
+        if eps_factors.is_empty() || eps_factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+            return Err(script_err(format!(
+                "masking_report: option 'eps_factors' must be a non-empty array of numbers > 0, got {eps_factors:?}"
+            )));
+        }
         let (eps, steps, queries) = (
             o.f64_or("eps", def.eps)?,
             o.usize_or("steps", def.pgd_steps)?,
             o.usize_or("queries", def.square_queries)?,
         );
         let (tolerance, max_bad_grad) =
-            (o.f64_or("tolerance", def.tolerance)?, o.f64_or("max_bad_grad", def.max_bad_grad)?);
-        let batch = o.usize_or("batch", def.batch_size)?.max(1);
-        let limit = o.opt_i64("limit")?.map(|l| l.max(0) as usize);
-        let seed = o.opt_i64("seed")?.map(|s| s.max(0) as u64).unwrap_or_else(|| state::with(|s| s.seed));
+            (unit_opt(&o, "tolerance", def.tolerance)?, unit_opt(&o, "max_bad_grad", def.max_bad_grad)?);
+        let batch = batch_opt(&o, def.batch_size)?;
+        let limit = limit_opt(&o)?;
+        let seed = seed_opt(&o)?;
         guard("masking_report", || {
             let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
             let src = source

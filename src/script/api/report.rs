@@ -4,7 +4,7 @@ use crate::core::eval::{Confusion, mean_std};
 use crate::core::report::{self, Cell, CurveOpts, PlotOpts, Series, Table};
 use crate::core::train::History;
 use crate::script::api::core::record_json;
-use crate::script::convert::{Opts, RResult, guard, json_to_dynamic, str_array, to_f64};
+use crate::script::convert::{Opts, RResult, friendly_type, guard, json_to_dynamic, str_array, to_f64};
 use crate::script::docs::doc;
 use anyhow::{Context, anyhow, bail};
 use rhai::{Array, Dynamic, Engine, Map};
@@ -35,9 +35,9 @@ pub fn dynamic_to_cell(v: &Dynamic) -> anyhow::Result<Cell> {
             match m.get(k) {
                 None => Ok(None),
                 Some(x) if x.is_unit() => Ok(None),
-                Some(x) => {
-                    to_f64(x).map(Some).ok_or_else(|| anyhow!("cell key '{k}' must be a number, got {}", x.type_name()))
-                }
+                Some(x) => to_f64(x)
+                    .map(Some)
+                    .ok_or_else(|| anyhow!("cell key '{k}' must be a number, got {}", friendly_type(x.type_name()))),
             }
         };
         if m.contains_key("type") {
@@ -69,7 +69,7 @@ pub fn dynamic_to_cell(v: &Dynamic) -> anyhow::Result<Cell> {
             keys.join(", ")
         );
     }
-    bail!("cannot put a {} in a table cell", v.type_name())
+    bail!("cannot put a {} in a table cell", friendly_type(v.type_name()))
 }
 
 /// A table cell as a script value (a map tagged by `type`, like the table JSON).
@@ -84,10 +84,12 @@ pub fn confusion_from_dynamic(v: &Dynamic) -> anyhow::Result<Confusion> {
     } else {
         v.clone()
     };
-    let rows = rows.into_array().map_err(|t| anyhow!("a confusion matrix must be an array of rows, got {t}"))?;
+    let rows = rows
+        .into_array()
+        .map_err(|t| anyhow!("a confusion matrix must be an array of rows, got {}", friendly_type(t)))?;
     let mut counts = Vec::with_capacity(rows.len());
     for (i, r) in rows.into_iter().enumerate() {
-        let r = r.into_array().map_err(|t| anyhow!("confusion row {i} must be an array, got {t}"))?;
+        let r = r.into_array().map_err(|t| anyhow!("confusion row {i} must be an array, got {}", friendly_type(t)))?;
         let row = r
             .iter()
             .map(|x| x.as_int().ok().filter(|&n| n >= 0).map(|n| n as u64))
@@ -128,11 +130,22 @@ pub fn history_table(h: &History) -> Table {
 }
 
 fn plot_opts(o: &Opts, w: u32, h: u32) -> RResult<PlotOpts> {
-    Ok(PlotOpts {
-        width: o.usize_or("width", w as usize)? as u32,
-        height: o.usize_or("height", h as usize)? as u32,
-        title: o.str_or("title", "")?,
-    })
+    // A value past u32 would wrap to a small, valid-looking size; report it as given.
+    let side = |key: &str, default: u32| -> RResult<u32> {
+        let v = o.usize_or(key, default as usize)?;
+        u32::try_from(v).map_err(|_| {
+            crate::script::convert::script_err(format!("{}: option '{key}' is {v} pixels; at most 8192", o.func()))
+        })
+    };
+    Ok(PlotOpts { width: side("width", w)?, height: side("height", h)?, title: o.str_or("title", "")? })
+}
+
+/// A rate for a table cell: a finite fraction in [0, 1] (a NaN would print as an empty cell and hide a bug upstream).
+fn fraction(x: f64) -> anyhow::Result<f64> {
+    if !(0.0..=1.0).contains(&x) {
+        bail!("a rate must be a fraction in [0, 1], got {x}");
+    }
+    Ok(x)
 }
 
 fn strings(o: &Opts, key: &str) -> RResult<Vec<String>> {
@@ -146,7 +159,7 @@ fn history_of(v: &Dynamic) -> anyhow::Result<History> {
     if let Some(h) = v.read_lock::<Map>().and_then(|m| m.get("history").and_then(|h| h.clone().try_cast::<History>())) {
         return Ok(h);
     }
-    bail!("expected a History or a training result with a 'history' key, got {}", v.type_name())
+    bail!("expected a History or a training result with a 'history' key, got {}", friendly_type(v.type_name()))
 }
 
 /// Series for plot_eps from script values: an `eps_sweep` result (`#{model, eps, accuracy}`), an array of them, or a
@@ -155,7 +168,9 @@ fn eps_series(v: &Dynamic) -> anyhow::Result<Vec<Series>> {
     fn sweep(label: &str, m: &Map) -> anyhow::Result<Series> {
         let nums = |k: &str| -> anyhow::Result<Vec<f64>> {
             let a = m.get(k).cloned().with_context(|| format!("sweep '{label}' has no '{k}'"))?;
-            let a = a.into_array().map_err(|t| anyhow!("sweep '{label}': '{k}' must be an array, got {t}"))?;
+            let a = a
+                .into_array()
+                .map_err(|t| anyhow!("sweep '{label}': '{k}' must be an array, got {}", friendly_type(t)))?;
             a.iter().map(|x| to_f64(x).with_context(|| format!("sweep '{label}': '{k}' must hold numbers"))).collect()
         };
         let (e, a) = (nums("eps")?, nums("accuracy")?);
@@ -189,7 +204,7 @@ fn eps_series(v: &Dynamic) -> anyhow::Result<Vec<Series>> {
                 let a = x
                     .clone()
                     .into_array()
-                    .map_err(|t| anyhow!("series '{k}' must be a sweep map or an array, got {t}"))?;
+                    .map_err(|t| anyhow!("series '{k}' must be a sweep map or an array, got {}", friendly_type(t)))?;
                 out.push(pairs(k, a)?);
             }
         }
@@ -205,7 +220,10 @@ fn eps_series(v: &Dynamic) -> anyhow::Result<Vec<Series>> {
             })
             .collect();
     }
-    bail!("plot_eps: expected an eps_sweep result, an array of them, or a map label -> points; got {}", v.type_name())
+    bail!(
+        "plot_eps: expected an eps_sweep result, an array of them, or a map label -> points; got {}",
+        friendly_type(v.type_name())
+    )
 }
 
 fn do_plot_curves(v: Dynamic, path: &str, o: Map) -> RResult<()> {
@@ -283,7 +301,9 @@ pub fn register(engine: &mut Engine) {
     doc("note", &["t: Table", "text: &str"], "()", "Adds a note printed under the table (settings, seeds, flags).")
         .register_into_engine(engine, |t: &mut TableV, s: &str| t.note(s));
     doc("rate", &["x: f64"], "Map", "A rate cell (a fraction in [0, 1], shown as a percentage) for add_row.")
-        .register_into_engine(engine, |x: f64| -> Map { cell_to_dynamic(&Cell::rate(x)).cast::<Map>() });
+        .register_into_engine(engine, |x: f64| -> RResult<Map> {
+            guard("rate", || Ok(cell_to_dynamic(&Cell::rate(fraction(x)?)).cast::<Map>()))
+        });
     doc(
         "change",
         &["before: ?", "after: ?"],
@@ -293,7 +313,10 @@ pub fn register(engine: &mut Engine) {
     .register_into_engine(engine, |b: Dynamic, a: Dynamic| -> RResult<Map> {
         guard("change", || {
             let side = |v: &Dynamic| -> anyhow::Result<f64> {
-                dynamic_to_cell(v)?.value().context("each side of a change must be a number or an evaluate result")
+                let x = dynamic_to_cell(v)?
+                    .value()
+                    .context("each side of a change must be a number or an evaluate result")?;
+                fraction(x)
             };
             Ok(cell_to_dynamic(&Cell::change(side(&b)?, side(&a)?)).cast::<Map>())
         })
@@ -387,8 +410,11 @@ pub fn register(engine: &mut Engine) {
             guard("mean_std", || {
                 let v = a
                     .iter()
-                    .map(|x| to_f64(x).context("mean_std: values must be numbers"))
+                    .map(|x| to_f64(x).context("values must be numbers"))
                     .collect::<anyhow::Result<Vec<f64>>>()?;
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    bail!("values[{i}] is {}; every value must be a finite number", v[i]);
+                }
                 let (mean, std) = mean_std(&v)?;
                 let mut m = Map::new();
                 m.insert("mean".into(), Dynamic::from_float(mean));

@@ -1,6 +1,6 @@
 //! A minimal Tensor for scripts: create, inspect, arithmetic, reductions, small conversions.
 use crate::core::device;
-use crate::script::convert::{RResult, guard, script_err, to_f64};
+use crate::script::convert::{RResult, friendly_type, guard, script_err, to_f64};
 use crate::script::docs::doc;
 use crate::script::state;
 use crate::script::types::{TensorV, kind_name};
@@ -43,16 +43,16 @@ fn flatten(v: &Dynamic, depth: usize, shape: &mut Vec<i64>, out: &mut Vec<f64>, 
         out.push(x);
         Ok(())
     } else {
-        bail!("tensor: expected numbers or arrays, got {}", v.type_name())
+        bail!("tensor: expected numbers or arrays, got {}", friendly_type(v.type_name()))
     }
 }
 
 pub fn from_array(v: &Dynamic) -> Result<Tensor> {
     let (mut shape, mut vals, mut all_int) = (Vec::new(), Vec::new(), true);
     flatten(v, 0, &mut shape, &mut vals, &mut all_int)?;
-    let t = Tensor::from_slice(&vals).reshape(&shape);
-    let t = if all_int { t.to_kind(Kind::Int64) } else { t.to_kind(Kind::Float) };
-    Ok(t.to_device(state::device()))
+    let t = Tensor::from_slice(&vals).f_reshape(&shape)?;
+    let t = if all_int { t.f_to_kind(Kind::Int64)? } else { t.f_to_kind(Kind::Float)? };
+    Ok(t.f_to_device(state::device())?)
 }
 
 fn to_nested(t: &Tensor) -> Result<Dynamic> {
@@ -107,13 +107,17 @@ fn unary(engine: &mut Engine, name: &'static str, text: &str, f: fn(&Tensor) -> 
         });
 }
 
-fn make(engine: &mut Engine, name: &'static str, text: &str, f: fn(&[i64]) -> Tensor) {
+/// A tensor factory (zeros, ones, ...): fallible, so an impossible shape (too large to allocate, or overflowing) is
+/// libtorch's message rather than a panic text.
+type Factory = fn(&[i64]) -> Result<Tensor, tch::TchError>;
+
+fn make(engine: &mut Engine, name: &'static str, text: &str, f: Factory) {
     doc(name, &["shape: Array"], "Tensor", text).register_into_engine(
         engine,
         move |shape: Array| -> RResult<TensorV> {
             guard(name, || {
                 let s = shape_of(&shape, name)?;
-                Ok(TensorV(f(&s).to_device(state::device())))
+                Ok(TensorV(f(&s)?.f_to_device(state::device())?))
             })
         },
     );
@@ -134,16 +138,16 @@ pub fn register(engine: &mut Engine) {
         guard("tensor", || Ok(TensorV(from_array(&Dynamic::from_array(v))?)))
     });
     make(engine, "zeros", "A float tensor of zeros with the given shape.", |s| {
-        Tensor::zeros(s, (Kind::Float, tch::Device::Cpu))
+        Tensor::f_zeros(s, (Kind::Float, tch::Device::Cpu))
     });
     make(engine, "ones", "A float tensor of ones with the given shape.", |s| {
-        Tensor::ones(s, (Kind::Float, tch::Device::Cpu))
+        Tensor::f_ones(s, (Kind::Float, tch::Device::Cpu))
     });
     make(engine, "rand", "Uniform [0,1) floats with the given shape (seeded by seed()).", |s| {
-        Tensor::rand(s, (Kind::Float, tch::Device::Cpu))
+        Tensor::f_rand(s, (Kind::Float, tch::Device::Cpu))
     });
     make(engine, "randn", "Standard normal floats with the given shape (seeded by seed()).", |s| {
-        Tensor::randn(s, (Kind::Float, tch::Device::Cpu))
+        Tensor::f_randn(s, (Kind::Float, tch::Device::Cpu))
     });
     doc(
         "randint",
@@ -157,7 +161,7 @@ pub fn register(engine: &mut Engine) {
                 bail!("high must be > 0, got {high}");
             }
             let s = shape_of(&shape, "randint")?;
-            Ok(TensorV(Tensor::randint(high, s.as_slice(), (Kind::Int64, state::device()))))
+            Ok(TensorV(Tensor::f_randint(high, s.as_slice(), (Kind::Int64, state::device()))?))
         })
     });
     doc("arange", &["n: int"], "Tensor", "0, 1, ..., n-1 as i64.").register_into_engine(
@@ -167,7 +171,7 @@ pub fn register(engine: &mut Engine) {
                 if n < 0 {
                     bail!("n must be >= 0, got {n}");
                 }
-                Ok(TensorV(Tensor::arange(n, (Kind::Int64, state::device()))))
+                Ok(TensorV(Tensor::f_arange(n, (Kind::Int64, state::device()))?))
             })
         },
     );
@@ -189,7 +193,7 @@ pub fn register(engine: &mut Engine) {
     binop(engine, "-", |a, b| a.f_sub(b));
     binop(engine, "*", |a, b| a.f_mul(b));
     binop(engine, "/", |a, b| a.f_div(b));
-    engine.register_fn("-", |a: &mut TensorV| TensorV(-&a.0));
+    engine.register_fn("-", |a: &mut TensorV| -> RResult<TensorV> { guard("-", || Ok(TensorV(a.0.f_neg()?))) });
     binop(engine, "eq", |a, b| a.f_eq_tensor(b)?.f_to_kind(Kind::Float));
     binop(engine, "maximum", |a, b| a.f_maximum(b));
     binop(engine, "minimum", |a, b| a.f_minimum(b));
@@ -231,6 +235,9 @@ pub fn register(engine: &mut Engine) {
     doc("clamp", &["x: Tensor", "lo: float", "hi: float"], "Tensor", "Clips every element to [lo, hi].")
         .register_into_engine(engine, |x: &mut TensorV, lo: f64, hi: f64| -> RResult<TensorV> {
             guard("clamp", || {
+                if lo.is_nan() || hi.is_nan() {
+                    bail!("lo and hi must be numbers (±inf for no bound), got {lo} and {hi}");
+                }
                 if lo > hi {
                     bail!("lo ({lo}) > hi ({hi})");
                 }
@@ -287,7 +294,7 @@ pub fn register(engine: &mut Engine) {
         .register_into_engine(engine, |x: &mut TensorV| -> RResult<Dynamic> { guard("to_array", || to_nested(&x.0)) });
     doc("to", &["x: Tensor", "device: &str"], "Tensor", "A copy on another device (\"cpu\", \"cuda:0\", ...).")
         .register_into_engine(engine, |x: &mut TensorV, dev: &str| -> RResult<TensorV> {
-            guard("to", || Ok(TensorV(x.0.to_device(device::parse_device(dev)?))))
+            guard("to", || Ok(TensorV(x.0.f_to_device(device::parse_device(dev)?)?)))
         });
     doc("cat", &["xs: Array", "dim: int"], "Tensor", "Concatenates tensors along `dim`.").register_into_engine(
         engine,

@@ -6,7 +6,7 @@ use crate::core::train::optim::OptimizerKind;
 use crate::core::train::{self, TrainResult};
 use crate::script::api::data::DatasetV;
 use crate::script::api::models::ModelV;
-use crate::script::convert::{Opts, RResult, guard, json_to_dynamic, script_err, to_f64};
+use crate::script::convert::{Opts, RResult, friendly_type, guard, json_to_dynamic, script_err, to_anyhow, to_f64};
 use crate::script::docs::doc;
 use crate::script::state;
 use anyhow::{Result, bail};
@@ -70,15 +70,18 @@ fn lr_schedule(o: &Opts) -> Result<Option<LrSchedule>> {
     let Some(v) = o.raw("lr_schedule") else { return Ok(None) };
     if v.is_map() {
         let m = v.clone().cast::<Map>();
-        let sub = Opts::new("lr_schedule", m, &["every", "gamma"]).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let every = sub.usize_or("every", 0).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sub = Opts::new("lr_schedule", m, &["every", "gamma"]).map_err(to_anyhow)?;
+        let every = sub.usize_or("every", 0).map_err(to_anyhow)?;
         if every == 0 {
             bail!("lr_schedule: #{{every, gamma}} needs every >= 1");
         }
-        return Ok(Some(LrSchedule::Step {
-            every,
-            gamma: sub.f64_or("gamma", 0.1).map_err(|e| anyhow::anyhow!("{e}"))?,
-        }));
+        return Ok(Some(LrSchedule::Step { every, gamma: sub.f64_or("gamma", 0.1).map_err(to_anyhow)? }));
+    }
+    if !v.is_string() {
+        bail!(
+            "option 'lr_schedule' must be \"constant\", \"cosine\", \"dann\" or #{{every, gamma}}, got {}",
+            friendly_type(v.type_name())
+        );
     }
     Ok(Some(match v.to_string().as_str() {
         "constant" => LrSchedule::Constant,
@@ -90,7 +93,7 @@ fn lr_schedule(o: &Opts) -> Result<Option<LrSchedule>> {
 
 /// Builds the config: defaults (or a RON preset given as `config`), then every option given.
 fn build_config(o: &Opts, satm: bool) -> Result<TrainConfig> {
-    let e = |r: Box<rhai::EvalAltResult>| anyhow::anyhow!("{r}");
+    let e = to_anyhow;
     let mut c = match o.opt_str("config").map_err(e)? {
         Some(name) => crate::config::load::<TrainConfig>(&crate::config::resolve(&name)?)?,
         None if satm => TrainConfig::default(),
@@ -167,7 +170,10 @@ fn build_config(o: &Opts, satm: bool) -> Result<TrainConfig> {
             } else if l.to_string() == "dann" {
                 LambdaSchedule::Dann { gamma: 10.0 }
             } else {
-                bail!("option 'lambda' must be a number (constant λ) or \"dann\" (2/(1+exp(-10p))-1), got {l}");
+                bail!(
+                    "option 'lambda' must be a number (constant λ) or \"dann\" (2/(1+exp(-10p))-1), got {}",
+                    if l.is_string() { format!("\"{l}\"") } else { friendly_type(l.type_name()) }
+                );
             };
         }
         if let Some(s) = o.raw("sources") {
@@ -191,7 +197,8 @@ fn build_config(o: &Opts, satm: bool) -> Result<TrainConfig> {
                     .collect();
                 SourcePolicy::Graph(g?)
             } else {
-                match s.to_string().as_str() {
+                let name = if s.is_string() { s.to_string() } else { friendly_type(s.type_name()) };
+                match name.as_str() {
                     "round_robin" => SourcePolicy::RoundRobin,
                     "random" => SourcePolicy::Random,
                     "all" => SourcePolicy::All,
@@ -208,7 +215,7 @@ fn build_config(o: &Opts, satm: bool) -> Result<TrainConfig> {
 
 fn run_dir(o: &Opts, kind: &str) -> Result<PathBuf> {
     let n = RUN_COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
-    let name = o.str_or("name", &format!("{kind}-{n}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let name = o.str_or("name", &format!("{kind}-{n}")).map_err(to_anyhow)?;
     if name.is_empty() || name.contains('/') || name.contains("..") {
         bail!("option 'name' must be a plain directory name, got '{name}'");
     }
@@ -235,10 +242,10 @@ fn do_train(
     data: DatasetV,
 ) -> Result<TrainResultV> {
     let cfg = build_config(&o, satm)?;
-    let val: Option<DatasetV> = o.opt_item::<DatasetV>("val", "Dataset").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let val: Option<DatasetV> = o.opt_item::<DatasetV>("val", "Dataset").map_err(to_anyhow)?;
     // An empty string means "no resume", so scripts can pass `param("resume", "")` through.
-    let resume = o.opt_str("resume").map_err(|e| anyhow::anyhow!("{e}"))?.filter(|s| !s.is_empty()).map(PathBuf::from);
-    let progress = o.bool_or("progress", true).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resume = o.opt_str("resume").map_err(to_anyhow)?.filter(|s| !s.is_empty()).map(PathBuf::from);
+    let progress = o.bool_or("progress", true).map_err(to_anyhow)?;
     for f in &frozen {
         if nets.iter().any(|n| std::rc::Rc::ptr_eq(&n.0, &f.0)) {
             bail!("{func}: a model is both in nets and in frozen");
