@@ -481,6 +481,11 @@ impl Net {
         self.channels_last = on;
     }
 
+    /// Whether the forward pass draws random numbers in training mode (a dropout layer).
+    pub fn has_dropout(&self) -> bool {
+        self.stages.iter().any(|s| s.m.kind() == "Dropout")
+    }
+
     /// Whether weights and inputs use channels_last.
     pub fn is_channels_last(&self) -> bool {
         self.channels_last
