@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// vgg_s, vggbn_s or resnet_s (the CPU-scale networks of ref_satm.py).
+    /// vgg_s, vggbn_s or resnet_s (the CPU-scale networks of ref_satm.py), a comma-separated list of them, or `all`.
     #[arg(long, default_value = "vgg_s")]
     pub arch: String,
     #[arg(long, default_value_t = 32)]
@@ -106,7 +106,7 @@ pub fn matmul_peak(kind: Kind) -> f64 {
     let b = Tensor::rand([n, n], (Kind::Float, Device::Cpu)).to_kind(kind);
     let _ = a.matmul(&b);
     let mut best = f64::MAX;
-    for _ in 0..3 {
+    for _ in 0..5 {
         let t = std::time::Instant::now();
         let _ = a.matmul(&b);
         best = best.min(t.elapsed().as_secs_f64());
@@ -158,14 +158,34 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
     let cpu0 = cpu_seconds();
     let dt = go(a.steps)?;
     let cpu = cpu_seconds() - cpu0;
+    let data_s = data_seconds_per_batch(a, classes)?;
     let (bf16, why) = precision.resolve(Device::Cpu);
     let flops = step_flops(&a.arch, a.size, a.width, classes, a.batch, a.k)? * a.steps as f64;
     Ok(serde_json::json!({
         "impl": "satm", "arch": a.arch, "size": a.size, "batch": a.batch, "k": a.k, "threads": device::threads(),
         "precision": if bf16 { "bf16" } else { "fp32" }, "precision_reason": why, "channels_last": a.channels_last,
         "steps": a.steps, "s_per_step": dt / a.steps as f64, "img_per_s": (a.batch as usize * a.steps) as f64 / dt,
-        "gflop_per_s": flops / dt / 1e9, "cpu_s_per_step": cpu / a.steps as f64, "max_rss_mb": device::peak_rss_mb(),
+        "gflop_per_s": flops / dt / 1e9, "cpu_s_per_step": cpu / a.steps as f64,
+        "data_s_per_batch": data_s, "max_rss_mb": device::peak_rss_mb(),
     }))
+}
+
+/// Seconds the data pipeline takes per training batch: one shuffled epoch of a cached u8 dataset of 16 batches
+/// (index, convert to f32 in [0, 1]), as the trainer draws them.
+fn data_seconds_per_batch(a: &BenchArgs, classes: i64) -> Result<f64> {
+    let n = 16 * a.batch;
+    let images = Tensor::f_randint(256, [n, 3, a.size, a.size], (Kind::Uint8, Device::Cpu))?;
+    let labels: Vec<i64> = (0..n).map(|i| i % classes).collect();
+    let data =
+        Dataset::new("bench", images, labels, (0..classes).map(|c| c.to_string()).collect(), vec![], vec![], vec![])?;
+    let opts = crate::core::data::BatchOpts { batch_size: a.batch as usize, ..Default::default() };
+    let t = std::time::Instant::now();
+    let mut count = 0;
+    for b in data.batches(&opts)? {
+        let _ = b?;
+        count += 1;
+    }
+    Ok(t.elapsed().as_secs_f64() / count.max(1) as f64)
 }
 
 /// CPU seconds (user + system, all threads) this process has used.
@@ -260,15 +280,33 @@ pub fn main(a: &BenchArgs) -> i32 {
     }
 }
 
-fn run(a: &BenchArgs) -> Result<()> {
-    if a.worker {
-        println!("{}", worker(a)?);
-        return Ok(());
+/// The architectures `--arch` names.
+fn archs(a: &BenchArgs) -> Result<Vec<String>> {
+    let list: Vec<String> = if a.arch == "all" {
+        ["vgg_s", "vggbn_s", "resnet_s"].iter().map(|s| s.to_string()).collect()
+    } else {
+        a.arch.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    };
+    if list.is_empty() {
+        bail!("--arch names no architecture");
     }
-    if a.steps == 0 || a.rounds == 0 || a.batch <= 0 || a.k == 0 {
-        bail!("--steps, --rounds, --batch and --k must be at least 1");
+    for arch in &list {
+        forward_macs(arch, a.size, a.width, 8)?;
     }
-    forward_macs(&a.arch, a.size, a.width, 8)?;
+    Ok(list)
+}
+
+/// The 1-, 5- and 15-minute load averages (Linux), to read timings on a shared machine.
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let v: Vec<f64> = text.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
+    (v.len() == 3).then(|| [v[0], v[1], v[2]])
+}
+
+/// One architecture: every mode, alternating satm and PyTorch runs; (mode name, best satm run, best PyTorch run).
+type ModeResult = (&'static str, Option<serde_json::Value>, Option<serde_json::Value>);
+
+fn bench_arch(a: &BenchArgs) -> Result<Vec<ModeResult>> {
     // Rows: (name, satm precision, satm channels_last, reference bf16+channels_last)
     let modes = [
         ("fp32", "fp32", false, false),
@@ -285,63 +323,195 @@ fn run(a: &BenchArgs) -> Result<()> {
         }
         results.push((name, best(&s).cloned(), best(&r).cloned()));
     }
+    Ok(results)
+}
+
+fn run(a: &BenchArgs) -> Result<()> {
+    if a.worker {
+        out(&worker(a)?.to_string());
+        return Ok(());
+    }
+    if a.steps == 0 || a.rounds == 0 || a.batch <= 0 || a.k == 0 || a.size <= 0 || a.threads == 0 {
+        bail!("--steps, --rounds, --batch, --k, --size and --threads must be at least 1");
+    }
+    if a.k < 2 {
+        bail!("--k must be at least 2: the SATM step trains each network on another one's adversarial examples");
+    }
+    Precision::parse(&a.precision)?;
+    let archs = archs(a)?;
+    if !a.no_ref {
+        let py = venv_python();
+        if !py.is_file() {
+            bail!(
+                "the project venv's python {} is missing (run tools/bootstrap.sh, set SATM_VENV, or pass --no-ref)",
+                py.display()
+            );
+        }
+        let script = ref_script();
+        if !script.is_file() {
+            bail!(
+                "PyTorch reference {} not found (set SATM_REF_BENCH or SATM_DATA, or pass --no-ref)",
+                script.display()
+            );
+        }
+    }
+    let load_before = load_average();
+    let mut per_arch = vec![];
+    for arch in &archs {
+        let aa = BenchArgs { arch: arch.clone(), ..a.clone() };
+        per_arch.push((arch.clone(), bench_arch(&aa)?));
+    }
+    let load_after = load_average();
     device::set_threads(a.threads)?;
     let peak32 = matmul_peak(Kind::Float);
     let peak16 = matmul_peak(Kind::BFloat16);
     let f = |v: &Option<serde_json::Value>, k: &str| v.as_ref().and_then(|v| v[k].as_f64());
-    // PyTorch's best eager mode is the faster of its fp32 and bf16+channels_last runs.
-    let ref_best = results.iter().filter_map(|(_, _, r)| f(r, "img_per_s")).fold(f64::NAN, f64::max);
-    let mut t = Table::new(
-        format!(
-            "SATM step, {} {}x{}, batch {}, K={}, {} threads, {} steps (best of {})",
-            a.arch, a.size, a.size, a.batch, a.k, a.threads, a.steps, a.rounds
-        ),
-        &[
-            "mode",
-            "satm img/s",
-            "PyTorch img/s",
-            "ratio",
-            "satm RSS MB",
-            "PyTorch RSS MB",
-            "satm GFLOP/s",
-            "matmul peak GFLOP/s",
-        ],
-    );
-    let num = |v: Option<f64>, d: usize| v.map(|x| Cell::num(x, d)).unwrap_or(Cell::Empty);
-    for (name, s, r) in &results {
-        let prec = s.as_ref().and_then(|v| v["precision"].as_str()).unwrap_or("fp32");
-        let peak = if prec == "bf16" { peak16 } else { peak32 };
-        let ratio = match (f(s, "img_per_s"), f(r, "img_per_s")) {
-            (Some(x), Some(y)) => Some(x / y),
-            _ => None,
-        };
-        t.push(vec![
-            Cell::text(format!("{name} (satm {prec})")),
-            num(f(s, "img_per_s"), 1),
-            num(f(r, "img_per_s"), 1),
-            num(ratio, 2),
-            num(f(s, "max_rss_mb"), 0),
-            num(f(r, "max_rss_mb"), 0),
-            num(f(s, "gflop_per_s"), 1),
-            Cell::num(peak, 1),
-        ])?;
-    }
-    let satm_default = f(&results[1].1, "img_per_s");
-    if let (Some(sd), false) = (satm_default, ref_best.is_nan()) {
-        t.note(format!("satm default vs PyTorch's best eager mode: {:.2}x", sd / ref_best));
-    }
-    t.note("GFLOP/s counts conv/linear FLOPs of crafting (forward + input gradient) and training (forward + backward over clean and adversarial).");
-    if a.json {
-        let j = serde_json::json!({
+    let mut tables = vec![];
+    let mut json_archs = vec![];
+    for (arch, results) in &per_arch {
+        // PyTorch's best eager mode is the faster of its fp32 and bf16+channels_last runs.
+        let ref_best = results.iter().filter_map(|(_, _, r)| f(r, "img_per_s")).fold(f64::NAN, f64::max);
+        let mut t = Table::new(
+            format!(
+                "SATM step, {arch} {}x{}, batch {}, K={}, {} threads, {} steps (best of {})",
+                a.size, a.size, a.batch, a.k, a.threads, a.steps, a.rounds
+            ),
+            &[
+                "mode",
+                "satm img/s",
+                "PyTorch img/s",
+                "ratio",
+                "satm RSS MB",
+                "PyTorch RSS MB",
+                "satm GFLOP/s",
+                "matmul peak GFLOP/s",
+            ],
+        );
+        let num = |v: Option<f64>, d: usize| v.map(|x| Cell::num(x, d)).unwrap_or(Cell::Empty);
+        let mut rss_over: Vec<&str> = vec![];
+        for (name, s, r) in results {
+            let prec = s.as_ref().and_then(|v| v["precision"].as_str()).unwrap_or("fp32");
+            let peak = if prec == "bf16" { peak16 } else { peak32 };
+            let ratio = match (f(s, "img_per_s"), f(r, "img_per_s")) {
+                (Some(x), Some(y)) => Some(x / y),
+                _ => None,
+            };
+            if let (Some(x), Some(y)) = (f(s, "max_rss_mb"), f(r, "max_rss_mb"))
+                && x > y
+            {
+                rss_over.push(name);
+            }
+            t.push(vec![
+                Cell::text(format!("{name} (satm {prec})")),
+                num(f(s, "img_per_s"), 1),
+                num(f(r, "img_per_s"), 1),
+                num(ratio, 2),
+                num(f(s, "max_rss_mb"), 0),
+                num(f(r, "max_rss_mb"), 0),
+                num(f(s, "gflop_per_s"), 1),
+                Cell::num(peak, 1),
+            ])?;
+        }
+        let satm_default = f(&results[1].1, "img_per_s");
+        let vs_best = satm_default.map(|s| s / ref_best).filter(|x| x.is_finite());
+        if let Some(v) = vs_best {
+            t.note(format!("satm default vs PyTorch's best eager mode: {v:.2}x"));
+        }
+        if !a.no_ref {
+            t.note(if rss_over.is_empty() {
+                "peak RSS: satm <= PyTorch in every mode".to_string()
+            } else {
+                format!("peak RSS: satm above PyTorch in: {}", rss_over.join(", "))
+            });
+        }
+        if let (Some(d), Some(st)) = (f(&results[1].1, "data_s_per_batch"), f(&results[1].1, "s_per_step")) {
+            t.note(format!(
+                "data pipeline (cached u8 epoch, index + convert): {:.2} ms per batch = {:.2}% of a step",
+                d * 1e3,
+                100.0 * d / st
+            ));
+        }
+        t.note("GFLOP/s counts conv/linear FLOPs of crafting (forward + input gradient) and training (forward + backward over clean and adversarial).");
+        if let (Some(b), Some(e)) = (load_before, load_after) {
+            t.note(format!(
+                "load average {:.1} before, {:.1} after on {} CPUs: other work on the machine slows both sides (compare ratios only)",
+                b[0],
+                e[0],
+                device::cpu_info().cores
+            ));
+        }
+        json_archs.push(serde_json::json!({
+            "arch": arch,
             "rows": results.iter().map(|(n, s, r)| serde_json::json!({"mode": n, "satm": s, "pytorch": r})).collect::<Vec<_>>(),
             "pytorch_best_img_per_s": if ref_best.is_nan() { serde_json::Value::Null } else { ref_best.into() },
-            "satm_default_vs_pytorch_best": satm_default.map(|s| s / ref_best).filter(|x| x.is_finite()),
+            "satm_default_vs_pytorch_best": vs_best,
+            "rss_satm_le_pytorch": if a.no_ref { serde_json::Value::Null } else { rss_over.is_empty().into() },
+        }));
+        tables.push(t);
+    }
+    if a.json {
+        let j = serde_json::json!({
+            "archs": json_archs,
             "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
+            "load_average": {"before": load_before, "after": load_after},
             "cpu": device::cpu_info(),
         });
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        out(&serde_json::to_string_pretty(&j)?);
     } else {
-        println!("{}", t.render());
+        for t in &tables {
+            out(&t.render());
+        }
     }
     Ok(())
+}
+
+/// Prints a line to stdout; a closed pipe (`satm bench | head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// vgg_s at 32×32: the conv layers' H·W·Cin·Cout·9 plus the two linear layers, written out layer by layer.
+    #[test]
+    fn vgg_s_macs_match_the_layer_list() {
+        let convs: [(i64, i64, i64); 6] =
+            [(32, 3, 64), (32, 64, 64), (16, 64, 128), (16, 128, 128), (8, 128, 256), (8, 256, 256)];
+        let want: f64 =
+            convs.iter().map(|&(s, i, o)| (s * s * i * o * 9) as f64).sum::<f64>() + (256 * 512 + 512 * 8) as f64;
+        assert_eq!(forward_macs("vgg_s", 32, 1.0, 8).unwrap(), want);
+        // BatchNorm adds no multiply-accumulates counted here; width 0.5 halves every channel count.
+        assert_eq!(forward_macs("vggbn_s", 32, 1.0, 8).unwrap(), want);
+        assert!(forward_macs("vgg_s", 32, 0.5, 8).unwrap() < want / 3.0);
+        // resnet_s: stem + 8 blocks (three 1×1 shortcuts) + head; ResNet-18 at 32×32 is about 0.56 GMACs.
+        let r = forward_macs("resnet_s", 32, 1.0, 8).unwrap();
+        assert!((r / 1e9 - 0.556).abs() < 0.01, "{r}");
+        assert!(forward_macs("alexnet", 32, 1.0, 8).is_err());
+        // A step: per network 2F crafting + 6F training per image, F = 2·MACs.
+        assert_eq!(step_flops("vgg_s", 32, 1.0, 8, 64, 2).unwrap(), 2.0 * 64.0 * 8.0 * 2.0 * want);
+    }
+
+    #[test]
+    fn arch_lists_parse() {
+        let a = |s: &str| BenchArgs::parse_from_arch(s);
+        assert_eq!(archs(&a("all")).unwrap(), ["vgg_s", "vggbn_s", "resnet_s"]);
+        assert_eq!(archs(&a("vgg_s, resnet_s")).unwrap(), ["vgg_s", "resnet_s"]);
+        assert!(archs(&a("vgg_s,nope")).unwrap_err().to_string().contains("nope"));
+        assert!(archs(&a(",")).is_err());
+    }
+
+    impl BenchArgs {
+        fn parse_from_arch(arch: &str) -> BenchArgs {
+            use clap::Parser;
+            #[derive(Parser)]
+            struct Cli {
+                #[command(flatten)]
+                b: BenchArgs,
+            }
+            Cli::parse_from(["bench", "--arch", arch]).b
+        }
+    }
 }

@@ -54,9 +54,11 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 #[allow(clippy::type_complexity)]
 fn satm_side(
     arch: &str,
+    threads: i32,
     data: &Dataset,
     dir: &Path,
 ) -> (Vec<HashMap<String, Tensor>>, Vec<HashMap<String, Tensor>>, Vec<Vec<[f64; 4]>>) {
+    tch::set_num_threads(threads);
     tch::manual_seed(1);
     let spec = ModelSpec { arch: arch.into(), classes: CLASSES, width: WIDTH, size: SIZE, ..ModelSpec::default() };
     let mut nets: Vec<Net> = (0..K).map(|_| Net::new(&spec, Device::Cpu).unwrap()).collect();
@@ -70,7 +72,7 @@ fn satm_side(
         .collect();
     let opts: Vec<Optimizer> = (0..K).map(|_| Optimizer::new(vec![], cfg().optim())).collect();
     let labels = unique_labels(nets.iter().map(|n| n.label()).collect());
-    let run_dir = dir.join(format!("{arch}_satm"));
+    let run_dir = dir.join(format!("{arch}_satm_{threads}"));
     let state = CheckpointState {
         step: 0,
         history: History::default(),
@@ -136,7 +138,6 @@ fn satm_step_matches_pytorch_reference() {
     assert!(py.exists(), "the project venv's python ({}) is needed; set SATM_VENV", py.display());
     let script = satm::bench::ref_script();
     assert!(script.is_file(), "ref_satm.py not found at {} (set SATM_REF_BENCH or SATM_DATA)", script.display());
-    tch::set_num_threads(2);
     let dir = tempfile::tempdir().unwrap();
     let (inp, out) = (dir.path().join("in"), dir.path().join("out"));
     std::fs::create_dir_all(&inp).unwrap();
@@ -150,9 +151,12 @@ fn satm_step_matches_pytorch_reference() {
     let data = Dataset::new("same-math", images.copy(), labels, classes, vec![], vec![], vec![]).unwrap();
     Tensor::write_safetensors(&[("images", &images), ("labels", &labels_t)], inp.join("batch.safetensors")).unwrap();
 
+    // 1 thread: the networks one after another; 2 threads: side by side (one worker per network).
     let mut satm_runs = HashMap::new();
-    for arch in ARCHS {
-        satm_runs.insert(arch, satm_side(arch, &data, &inp));
+    for threads in [1, 2] {
+        for arch in ARCHS {
+            satm_runs.insert((arch, threads), satm_side(arch, threads, &data, &inp));
+        }
     }
     let c = cfg();
     let job = serde_json::json!({
@@ -166,8 +170,8 @@ fn satm_step_matches_pytorch_reference() {
     let py_losses: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("losses.json")).unwrap()).unwrap();
 
-    for arch in ARCHS {
-        let (initial, after, losses) = &satm_runs[arch];
+    for ((arch, threads), (initial, after, losses)) in &satm_runs {
+        let (arch, threads) = (*arch, *threads);
         for k in 0..K {
             // Losses of every step: the same numbers (they are means, so satm's shuffled batch order does not matter).
             for s in 0..STEPS {
@@ -177,7 +181,7 @@ fn satm_step_matches_pytorch_reference() {
                     let r = (ours - theirs).abs() / theirs.abs().max(1e-12);
                     assert!(
                         r < 1e-4,
-                        "{arch} net {k} step {}: {name} satm {ours} vs PyTorch {theirs} (rel {r:.2e})",
+                        "{arch} net {k} ({threads} threads) step {}: {name} satm {ours} vs PyTorch {theirs} (rel {r:.2e})",
                         s + 1
                     );
                 }
@@ -195,7 +199,7 @@ fn satm_step_matches_pytorch_reference() {
             for (name, w) in &after[k] {
                 let p = theirs.get(name).unwrap_or_else(|| panic!("{arch}: PyTorch lacks {name}"));
                 let r = rel(w, p);
-                assert!(r < 1e-4, "{arch} net {k}: {name} differs from PyTorch's (rel {r:.2e})");
+                assert!(r < 1e-4, "{arch} net {k} ({threads} threads): {name} differs from PyTorch's (rel {r:.2e})");
                 // The updates themselves (a wrong gradient changes them, while the weights barely move in 2 steps).
                 // Tensors whose gradient is 0 in exact arithmetic (a conv bias right before BatchNorm) move by
                 // rounding noise only (< 1e-6 of their norm) and are skipped; cancellation between the clean and
@@ -205,7 +209,10 @@ fn satm_step_matches_pytorch_reference() {
                 if d_theirs.norm().double_value(&[]) > 1e-6 * p.norm().double_value(&[]) {
                     checked += 1;
                     let r = rel(&d_ours, &d_theirs);
-                    assert!(r < 1e-3, "{arch} net {k}: the update of {name} differs from PyTorch's (rel {r:.2e})");
+                    assert!(
+                        r < 1e-3,
+                        "{arch} net {k} ({threads} threads): the update of {name} differs from PyTorch's (rel {r:.2e})"
+                    );
                 } else {
                     assert!(!name.ends_with("weight"), "{arch} net {k}: {name} did not move");
                 }

@@ -73,7 +73,8 @@ pub fn cudnn_version() -> Option<i64> {
 /// trims the heap's top; a training step frees and re-allocates the same activation sizes every step, so each step
 /// page-faults its activations in again (measured: 10–15 % of a CPU step of vgg_s in the kernel). With mmap off for
 /// malloc and trimming off, freed blocks are reused; peak RSS is unchanged (the same blocks are live at the peak),
-/// but the memory is not given back until the process ends. Process-wide and idempotent; a no-op off glibc.
+/// but the memory is not given back until the process ends. All threads allocate from one arena (small blocks still
+/// come from per-thread caches). Process-wide and idempotent; a no-op off glibc.
 pub fn retain_freed_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -81,6 +82,8 @@ pub fn retain_freed_memory() {
         // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
         unsafe {
             libc::mallopt(libc::M_MMAP_MAX, 0);
+            // One arena: threads' own arenas unmap a heap as soon as it is entirely free, whatever the trim threshold.
+            libc::mallopt(libc::M_ARENA_MAX, 1);
             libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         }
     });

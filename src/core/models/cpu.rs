@@ -85,13 +85,15 @@ impl SBlock {
 
 impl Module for SBlock {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let o = self.b1.forward(&self.c1.forward(x)?, train)?.f_relu()?;
+        // The ReLUs run in place on fresh outputs that nothing saves for backward (BatchNorm keeps its input, the
+        // sum keeps nothing): one activation buffer less per ReLU, as PyTorch's ReLU(inplace=True).
+        let o = self.b1.forward(&self.c1.forward(x)?, train)?.f_relu_()?;
         let o = self.b2.forward(&self.c2.forward(&o)?, train)?;
         let s = match &self.sc {
             None => x.shallow_clone(),
             Some((c, b)) => b.forward(&c.forward(x)?, train)?,
         };
-        Ok(o.f_add(&s)?.f_relu()?)
+        Ok(o.f_add(&s)?.f_relu_()?)
     }
     fn kind(&self) -> &'static str {
         "Block"

@@ -260,11 +260,32 @@ impl Net {
             h = crate::core::amp::channels_last(&h);
         }
         let mut aux_out = None;
-        for st in &self.stages {
-            h = st.m.forward(&h, train).with_context(|| format!("{} at {}", self.label(), st.name))?;
+        let mut i = 0;
+        while i < self.stages.len() {
+            let st = &self.stages[i];
+            let next = self.stages.get(i + 1);
+            let ctx = || format!("{} at {}", self.label(), st.name);
+            match (st.m.kind(), next.map(|n| n.m.kind())) {
+                // ReLU then max-pool = max-pool then ReLU (ReLU is monotone; gradients agree too, ties included),
+                // on a quarter of the elements; the pooled output is fresh, so the ReLU runs in place.
+                ("ReLU", Some("MaxPool2d")) => {
+                    let pool = next.map(|n| &n.m).context("max-pool stage")?;
+                    let mut p = pool.forward(&h, train).with_context(ctx)?;
+                    h = p.f_relu_().with_context(ctx)?;
+                    i += 2;
+                    continue;
+                }
+                // A ReLU right after a conv / BN / linear owns its input (fresh, and not saved for those layers'
+                // backward passes), so it runs in place: no new activation buffer.
+                ("ReLU", _) if i > 0 && matches!(self.stages[i - 1].m.kind(), "Conv2d" | "BatchNorm2d" | "Linear") => {
+                    h = h.f_relu_().with_context(ctx)?;
+                }
+                _ => h = st.m.forward(&h, train).with_context(ctx)?,
+            }
             if let (true, Some(a), "Mixed_6e") = (want_aux, &self.aux, st.name.as_str()) {
                 aux_out = Some(a.forward(&h, train).with_context(|| format!("{} at AuxLogits", self.label()))?);
             }
+            i += 1;
         }
         Ok((h, aux_out))
     }
@@ -479,6 +500,11 @@ impl Net {
             }
         });
         self.channels_last = on;
+    }
+
+    /// Whether the forward pass draws random numbers in training mode (a dropout layer).
+    pub fn has_dropout(&self) -> bool {
+        self.stages.iter().any(|s| s.m.kind() == "Dropout")
     }
 
     /// Whether weights and inputs use channels_last.

@@ -306,6 +306,7 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         })
     };
 
+    let par = SideBySide::plan(&run.trainees, &run.frozen, &spec);
     let mut step = step0;
     while step < total_steps {
         if let Err(e) = cancel::check() {
@@ -371,13 +372,42 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         }
         needed.sort_unstable();
         needed.dedup();
+        // R+Step-LL / R+FGSM draw their random step here, in source order, on the main thread: the draws do not
+        // depend on whether the sources are then crafted one after another or side by side.
+        let noise: BTreeMap<usize, Tensor> = if attack_uses_noise(&spec) {
+            needed
+                .iter()
+                .map(|&s| Ok((s, Tensor::f_randn(batch.x.size(), (Kind::Float, Device::Cpu))?)))
+                .collect::<Result<_>>()?
+        } else {
+            BTreeMap::new()
+        };
         let mut adv: BTreeMap<usize, Tensor> = BTreeMap::new();
-        for &s in &needed {
+        let craft_err = |s: usize| format!("crafting adversarial examples on {} at step {step}", labels[s]);
+        // Trainee sources side by side (one worker per network), frozen ones on this thread.
+        let side_by_side: Vec<usize> =
+            if par.craft { needed.iter().copied().filter(|&s| s < k_tr).collect() } else { vec![] };
+        if !side_by_side.is_empty() {
+            let (x, y) = xy(Device::Cpu);
+            let mut jobs: Vec<Job<Tensor>> = vec![];
+            for (s, net) in run.trainees.iter_mut().enumerate() {
+                if !side_by_side.contains(&s) {
+                    continue;
+                }
+                // `&mut` although crafting only reads the network: a Net may move between threads, not be shared.
+                let net: &mut Net = net;
+                let (x, y, n) = (x.shallow_clone(), y.shallow_clone(), noise.get(&s).map(|t| t.shallow_clone()));
+                let (spec, bf16) = (&spec, use_bf16[s]);
+                jobs.push(Box::new(move || craft_on(spec, net, &x, &y, n.as_ref(), bf16)));
+            }
+            for (s, r) in side_by_side.iter().zip(run_side_by_side(jobs, &par.threads)) {
+                adv.insert(*s, r.with_context(|| craft_err(*s))?);
+            }
+        }
+        for &s in needed.iter().filter(|s| !side_by_side.contains(s)) {
             let net: &Net = if s < k_tr { &*run.trainees[s] } else { run.frozen[s - k_tr] };
             let (x, y) = xy(net.device());
-            let _ac = Autocast::new(net.device(), use_bf16[s])?;
-            let xa = attacks::craft(&spec, &[net as &dyn Classifier], &x, &y)
-                .with_context(|| format!("crafting adversarial examples on {} at step {step}", labels[s]))?;
+            let xa = craft_on(&spec, net, &x, &y, noise.get(&s), use_bf16[s]).with_context(|| craft_err(s))?;
             adv.insert(s, xa);
         }
 
@@ -386,75 +416,46 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
             for &s in &chosen[k] {
                 source_counts[k][s] += 1;
             }
-            let net = &mut *run.trainees[k];
-            let dev = net.device();
-            let (x, y) = xy(dev);
-            let m = &mut members[k];
-            let b = x.size()[0];
-            let loss = {
-                let _ac = Autocast::new(dev, use_bf16[k])?;
-                // (Net converts its input to channels_last itself when its weights are.)
-                let x_in = x.shallow_clone();
-                let xa: Option<Tensor> = if chosen[k].is_empty() {
-                    None
-                } else {
-                    let parts: Vec<Tensor> = chosen[k].iter().map(|s| adv[s].to_device(dev)).collect();
-                    Some(Tensor::f_cat(&parts, 0)?)
-                };
-                // Without batch statistics one forward pass over [clean; adv] is the same math, and faster.
-                let (fc, fa) = match (&xa, m.batch_stats) {
-                    (Some(xa), false) => {
-                        let f = net.features_t(&Tensor::f_cat(&[&x_in, xa], 0)?, true)?;
-                        (f.narrow(0, 0, b), Some(f.narrow(0, b, f.size()[0] - b)))
-                    }
-                    (Some(xa), true) => (net.features_t(&x_in, true)?, Some(net.features_t(xa, true)?)),
-                    (None, _) => (net.features_t(&x_in, true)?, None),
-                };
-                let lc = net.head(&fc)?;
-                let clean_loss = ce(&lc, &y)?;
-                m_acc(&mut accs[k], "clean_loss", &clean_loss)?;
-                accs[k].add("clean_acc", accuracy(&lc, &y)?);
-                let mut loss = clean_loss;
-                if let (Some(fa), Some(_)) = (&fa, &xa) {
-                    let reps = fa.size()[0] / b;
-                    let ya = y.repeat([reps]);
-                    let la = net.head(fa)?;
-                    let adv_loss = ce(&la, &ya)?;
-                    m_acc(&mut accs[k], "adv_loss", &adv_loss)?;
-                    accs[k].add("adv_acc", accuracy(&la, &ya)?);
-                    if cfg.r_adv != 0.0 {
-                        loss = loss.f_add(&(adv_loss * cfg.r_adv))?;
-                    }
-                    if let Some(da) = &m.da {
-                        let f = Tensor::f_cat(&[&fc, fa], 0)?;
-                        let d = da.forward(&grl(&f, lambda)).f_to_kind(Kind::Float)?.f_squeeze_dim(1)?;
-                        let dom = Tensor::f_cat(
-                            &[Tensor::zeros([b], (Kind::Float, dev)), Tensor::ones([fa.size()[0]], (Kind::Float, dev))],
-                            0,
-                        )?;
-                        let da_loss =
-                            d.f_binary_cross_entropy_with_logits::<Tensor>(&dom, None, None, Reduction::Mean)?;
-                        let dom_acc = d
-                            .f_gt(0.0)?
-                            .f_to_kind(Kind::Float)?
-                            .f_eq_tensor(&dom)?
-                            .f_to_kind(Kind::Float)?
-                            .f_mean(Kind::Float)?;
-                        m_acc(&mut accs[k], "da_loss", &da_loss)?;
-                        accs[k].add("domain_acc", dom_acc.f_double_value(&[])?);
-                        loss = loss.f_add(&(da_loss * cfg.r_da))?;
-                    }
+        }
+        let inputs = |k: usize, dev: Device| -> (Vec<Tensor>, Option<Tensor>) {
+            let parts = chosen[k].iter().map(|s| adv[s].to_device(dev)).collect();
+            let own = (cfg.white_box != 0.0).then(|| adv[&k].to_device(dev));
+            (parts, own)
+        };
+        let outs: Vec<Result<StepOut>> = if par.train {
+            let (x, y) = xy(Device::Cpu);
+            let mut jobs: Vec<Job<StepOut>> = vec![];
+            for (k, (net, m)) in run.trainees.iter_mut().zip(members.iter_mut()).enumerate() {
+                let (parts, own) = inputs(k, Device::Cpu);
+                let (x, y, cfg, bf16) = (x.shallow_clone(), y.shallow_clone(), &cfg, use_bf16[k]);
+                let net: &mut Net = net;
+                jobs.push(Box::new(move || {
+                    update_trainee(net, m, &x, &y, &parts, own.as_ref(), cfg, lambda, lr, bf16, true)
+                }));
+            }
+            run_side_by_side(jobs, &par.threads)
+        } else {
+            let mut outs = vec![];
+            for (k, (net, m)) in run.trainees.iter_mut().zip(members.iter_mut()).enumerate() {
+                let dev = net.device();
+                let (x, y) = xy(dev);
+                let (parts, own) = inputs(k, dev);
+                let out = update_trainee(net, m, &x, &y, &parts, own.as_ref(), &cfg, lambda, lr, use_bf16[k], false);
+                // A failed or non-finite trainee stops the step before the next one is updated.
+                let stop = out.as_ref().map_or(true, |o| !o.total.is_finite());
+                outs.push(out);
+                if stop {
+                    break;
                 }
-                if cfg.white_box != 0.0 {
-                    let own = adv[&k].to_device(dev);
-                    let lw = net.head(&net.features_t(&own, true)?)?;
-                    let wb = ce(&lw, &y)?;
-                    m_acc(&mut accs[k], "white_box_loss", &wb)?;
-                    loss = loss.f_add(&(wb * cfg.white_box))?;
-                }
-                loss
-            };
-            let lv = loss.f_double_value(&[])?;
+            }
+            outs
+        };
+        for (k, out) in outs.into_iter().enumerate() {
+            let out = out.with_context(|| format!("training {} at step {step}", labels[k]))?;
+            for (name, v) in &out.metrics {
+                accs[k].add(name, *v);
+            }
+            let lv = out.total;
             if !lv.is_finite() {
                 pb.abandon();
                 let kept = last_checkpoint
@@ -469,9 +470,6 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
             }
             accs[k].add("total_loss", lv);
             accs[k].n += 1.0;
-            m.opt.zero_grad();
-            loss.f_backward()?;
-            m.opt.step(lr)?;
         }
         step += 1;
         pb.set_position(step as u64);
@@ -617,9 +615,269 @@ pub fn unique_labels(raw: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-fn m_acc(a: &mut Acc, name: &'static str, t: &Tensor) -> Result<()> {
-    a.add(name, t.f_double_value(&[])?);
-    Ok(())
+/// Whether the attack draws its random step from N(0, I) (then the trainer draws it, see `craft_on`).
+fn attack_uses_noise(spec: &AttackSpec) -> bool {
+    matches!(spec.kind, AttackKind::RFgsm | AttackKind::RStepLl) && spec.restarts == 1
+}
+
+/// Whether crafting with `spec` draws no random numbers beyond the noise the trainer passes in, so that sources can
+/// be crafted side by side without changing any result.
+fn attack_is_deterministic(spec: &AttackSpec) -> bool {
+    attack_uses_noise(spec) || matches!(spec.kind, AttackKind::Fgsm | AttackKind::StepLl | AttackKind::Fgv)
+}
+
+/// Adversarial examples of `x` on one source, with bf16 autocast when `bf16`; `noise` is the attack's random draw.
+fn craft_on(
+    spec: &AttackSpec,
+    net: &Net,
+    x: &Tensor,
+    y: &Tensor,
+    noise: Option<&Tensor>,
+    bf16: bool,
+) -> Result<Tensor> {
+    let _ac = Autocast::new(net.device(), bf16)?;
+    match noise {
+        Some(n) => attacks::craft_with_noise(spec, &[net as &dyn Classifier], x, y, n),
+        None => attacks::craft(spec, &[net as &dyn Classifier], x, y),
+    }
+}
+
+/// How the per-network work of a step is spread over CPU threads.
+struct SideBySide {
+    /// Craft the trainees' adversarial examples side by side.
+    craft: bool,
+    /// Update the trainees side by side.
+    train: bool,
+    /// Intra-op threads of each worker (one worker per trainee).
+    threads: Vec<usize>,
+}
+
+impl SideBySide {
+    /// K trainees on the CPU with at least K intra-op threads run one worker per network, each with its share of the
+    /// threads, instead of one network after another on all threads: the networks of a step are independent
+    /// (crafting reads only its source, each update touches only its trainee), small convolutions scale poorly
+    /// across threads, and the workers never wait on each other inside an op. Results are those of the sequential
+    /// loop (up to the rounding of a different thread count per op): random draws stay on the main thread, so
+    /// networks that draw random numbers in their forward pass (dropout) and attacks with their own random starts
+    /// keep the sequential loop.
+    fn plan(trainees: &[&mut Net], frozen: &[&Net], spec: &AttackSpec) -> SideBySide {
+        let k = trainees.len();
+        let threads = crate::core::device::threads();
+        let on_cpu = trainees.iter().all(|n| n.device() == Device::Cpu);
+        let random_forward = trainees.iter().any(|n| n.has_dropout()) || frozen.iter().any(|n| n.has_dropout());
+        let ok = k >= 2 && threads >= k && on_cpu && !random_forward;
+        SideBySide {
+            craft: ok && attack_is_deterministic(spec),
+            train: ok,
+            threads: (0..k).map(|i| threads / k + usize::from(i < threads % k)).collect(),
+        }
+    }
+}
+
+/// One worker's job: borrows one network (and its optimizer), returns its result.
+type Job<'a, T> = Box<dyn FnOnce() -> Result<T> + Send + 'a>;
+
+/// Runs each job on its own scoped thread with `threads[i]` intra-op threads; the results come back in job order.
+/// The caller's thread count is restored afterwards.
+fn run_side_by_side<T: Send>(jobs: Vec<Job<'_, T>>, threads: &[usize]) -> Vec<Result<T>> {
+    let caller = crate::core::device::threads();
+    let out = std::thread::scope(|sc| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, job)| {
+                let n = threads.get(i).copied().unwrap_or(1).max(1);
+                sc.spawn(move || {
+                    tch::set_num_threads(n as i32);
+                    job()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a training worker thread panicked"))))
+            .collect()
+    });
+    tch::set_num_threads(caller as i32);
+    out
+}
+
+/// What one trainee's update logged, and its total loss (not finite: no update was made).
+struct StepOut {
+    metrics: Vec<(&'static str, f64)>,
+    total: f64,
+}
+
+/// Step 3 for one trainee: CE(clean) + r_adv·CE(adv from its sources) + r_da·DA(clean vs adv features through the
+/// GRL) [+ white_box·CE(own adv)], then one optimizer step (skipped when the loss is not finite). With `split`, see
+/// `update_trainee_split`.
+#[allow(clippy::too_many_arguments)]
+fn update_trainee(
+    net: &mut Net,
+    m: &mut Member,
+    x: &Tensor,
+    y: &Tensor,
+    adv_parts: &[Tensor],
+    own_adv: Option<&Tensor>,
+    cfg: &TrainConfig,
+    lambda: f64,
+    lr: f64,
+    bf16: bool,
+    split: bool,
+) -> Result<StepOut> {
+    if split {
+        return update_trainee_split(net, m, x, y, adv_parts, own_adv, cfg, lambda, lr, bf16);
+    }
+    let dev = net.device();
+    let b = x.size()[0];
+    let mut metrics: Vec<(&'static str, f64)> = vec![];
+    let loss = {
+        let _ac = Autocast::new(dev, bf16)?;
+        // (Net converts its input to channels_last itself when its weights are.)
+        let xa: Option<Tensor> = if adv_parts.is_empty() { None } else { Some(Tensor::f_cat(adv_parts, 0)?) };
+        // Without batch statistics one forward pass over [clean; adv] is the same math, and faster.
+        let (fc, fa) = match (&xa, m.batch_stats) {
+            (Some(xa), false) => {
+                let f = net.features_t(&Tensor::f_cat(&[x, xa], 0)?, true)?;
+                (f.narrow(0, 0, b), Some(f.narrow(0, b, f.size()[0] - b)))
+            }
+            (Some(xa), true) => (net.features_t(x, true)?, Some(net.features_t(xa, true)?)),
+            (None, _) => (net.features_t(x, true)?, None),
+        };
+        let lc = net.head(&fc)?;
+        let clean_loss = ce(&lc, y)?;
+        metrics.push(("clean_loss", clean_loss.f_double_value(&[])?));
+        metrics.push(("clean_acc", accuracy(&lc, y)?));
+        let mut loss = clean_loss;
+        if let Some(fa) = &fa {
+            let reps = fa.size()[0] / b;
+            let ya = y.f_repeat([reps])?;
+            let la = net.head(fa)?;
+            let adv_loss = ce(&la, &ya)?;
+            metrics.push(("adv_loss", adv_loss.f_double_value(&[])?));
+            metrics.push(("adv_acc", accuracy(&la, &ya)?));
+            if cfg.r_adv != 0.0 {
+                loss = loss.f_add(&(adv_loss * cfg.r_adv))?;
+            }
+            if let Some(da) = &m.da {
+                let f = Tensor::f_cat(&[&fc, fa], 0)?;
+                let d = da.f_forward(&grl(&f, lambda))?.f_to_kind(Kind::Float)?.f_squeeze_dim(1)?;
+                let dom = Tensor::f_cat(
+                    &[Tensor::f_zeros([b], (Kind::Float, dev))?, Tensor::f_ones([fa.size()[0]], (Kind::Float, dev))?],
+                    0,
+                )?;
+                let da_loss = d.f_binary_cross_entropy_with_logits::<Tensor>(&dom, None, None, Reduction::Mean)?;
+                let dom_acc = d
+                    .f_gt(0.0)?
+                    .f_to_kind(Kind::Float)?
+                    .f_eq_tensor(&dom)?
+                    .f_to_kind(Kind::Float)?
+                    .f_mean(Kind::Float)?;
+                metrics.push(("da_loss", da_loss.f_double_value(&[])?));
+                metrics.push(("domain_acc", dom_acc.f_double_value(&[])?));
+                loss = loss.f_add(&(da_loss * cfg.r_da))?;
+            }
+        }
+        if let Some(own) = own_adv {
+            let lw = net.head(&net.features_t(own, true)?)?;
+            let wb = ce(&lw, y)?;
+            metrics.push(("white_box_loss", wb.f_double_value(&[])?));
+            loss = loss.f_add(&(wb * cfg.white_box))?;
+        }
+        loss
+    };
+    let total = loss.f_double_value(&[])?;
+    if total.is_finite() {
+        m.opt.zero_grad();
+        loss.f_backward()?;
+        m.opt.step(lr)?;
+    }
+    Ok(StepOut { metrics, total })
+}
+
+/// `update_trainee` with one forward and one backward pass per part of the loss (clean, adversarial, white-box),
+/// gradients accumulating: the loss is a sum of terms that each depend on one part only (the DA loss is a mean over
+/// clean and adversarial examples, i.e. (Σ_clean + Σ_adv) / n), so this is the same gradient while only one part's
+/// activations are alive at a time. Used when the trainees are updated side by side, so that their activations
+/// together take no more memory than one trainee's joint pass.
+#[allow(clippy::too_many_arguments)]
+fn update_trainee_split(
+    net: &mut Net,
+    m: &mut Member,
+    x: &Tensor,
+    y: &Tensor,
+    adv_parts: &[Tensor],
+    own_adv: Option<&Tensor>,
+    cfg: &TrainConfig,
+    lambda: f64,
+    lr: f64,
+    bf16: bool,
+) -> Result<StepOut> {
+    let dev = net.device();
+    let b = x.size()[0];
+    let xa: Option<Tensor> = if adv_parts.is_empty() { None } else { Some(Tensor::f_cat(adv_parts, 0)?) };
+    let n_adv = xa.as_ref().map_or(0, |t| t.size()[0]);
+    // The DA loss's mean runs over clean and adversarial examples together.
+    let n_dom = (b + n_adv) as f64;
+    let ya = y.f_repeat([n_adv / b])?;
+    let mut metrics: Vec<(&'static str, f64)> = vec![];
+    let (mut total, mut da_sum, mut dom_hits) = (0.0, 0.0, 0.0);
+    m.opt.zero_grad();
+    let parts = [(Some(x.shallow_clone()), false)].into_iter().chain([(xa, true)]);
+    for (input, adv) in parts {
+        let Some(input) = input else { continue };
+        let labels = if adv { &ya } else { y };
+        let loss = {
+            let _ac = Autocast::new(dev, bf16)?;
+            let f = net.features_t(&input, true)?;
+            let logits = net.head(&f)?;
+            let l = ce(&logits, labels)?;
+            let (lname, aname) = if adv { ("adv_loss", "adv_acc") } else { ("clean_loss", "clean_acc") };
+            metrics.push((lname, l.f_double_value(&[])?));
+            metrics.push((aname, accuracy(&logits, labels)?));
+            let mut loss = match (adv, cfg.r_adv != 0.0) {
+                (false, _) => Some(l),
+                (true, true) => Some(l * cfg.r_adv),
+                (true, false) => None,
+            };
+            if let (Some(da), true) = (&m.da, n_adv > 0) {
+                let d = da.f_forward(&grl(&f, lambda))?.f_to_kind(Kind::Float)?.f_squeeze_dim(1)?;
+                let dom = if adv { d.f_ones_like()? } else { d.f_zeros_like()? };
+                let s = d.f_binary_cross_entropy_with_logits::<Tensor>(&dom, None, None, Reduction::Sum)?;
+                da_sum += s.f_double_value(&[])?;
+                dom_hits +=
+                    d.f_gt(0.0)?.f_to_kind(Kind::Float)?.f_eq_tensor(&dom)?.f_sum(Kind::Float)?.f_double_value(&[])?;
+                let term = s * (cfg.r_da / n_dom);
+                loss = Some(match loss {
+                    Some(l) => l.f_add(&term)?,
+                    None => term,
+                });
+            }
+            loss
+        };
+        if let Some(loss) = loss {
+            total += loss.f_double_value(&[])?;
+            loss.f_backward()?;
+        }
+    }
+    if n_adv > 0 && m.da.is_some() {
+        metrics.push(("da_loss", da_sum / n_dom));
+        metrics.push(("domain_acc", dom_hits / n_dom));
+    }
+    if let Some(own) = own_adv {
+        let loss = {
+            let _ac = Autocast::new(dev, bf16)?;
+            let wb = ce(&net.head(&net.features_t(own, true)?)?, y)?;
+            metrics.push(("white_box_loss", wb.f_double_value(&[])?));
+            wb * cfg.white_box
+        };
+        total += loss.f_double_value(&[])?;
+        loss.f_backward()?;
+    }
+    if total.is_finite() {
+        m.opt.step(lr)?;
+    }
+    Ok(StepOut { metrics, total })
 }
 
 /// Receives one validation point: (step, epoch, split, net, metric, value).
