@@ -458,7 +458,7 @@ fn grid_real_slurm_sigterm_checkpoints_requeues_and_resumes() {
     let job = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let task = format!("{job}_0");
     let p = d.path().join("g/points/fold=7");
-    wait_until("the task to start the point", Duration::from_secs(60), || {
+    wait_until("the task to start the point", Duration::from_secs(180), || {
         std::fs::read_to_string(p.join("results.json")).is_ok_and(|s| s.contains("started"))
     });
     // What Slurm does before a time limit (--signal=B:TERM@60): SIGTERM to the batch process only.
@@ -469,7 +469,7 @@ fn grid_real_slurm_sigterm_checkpoints_requeues_and_resumes() {
     // Slurm holds a requeued job for ~2 minutes (BeginTime); release it now.
     let o = Command::new("scontrol").args(["update", &format!("JobId={task}"), "StartTime=now"]).output().unwrap();
     assert!(o.status.success(), "scontrol update: {}", String::from_utf8_lossy(&o.stderr));
-    wait_until("the requeued task to finish the point", Duration::from_secs(60), || p.join("done").exists());
+    wait_until("the requeued task to finish the point", Duration::from_secs(180), || p.join("done").exists());
     let r = read_json(&p.join("results.json"));
     assert_eq!(r["started"], true);
     assert!(close(&r["value"], 7.0), "{r}");
