@@ -57,11 +57,11 @@ fn sigkilled_run_resumes_onto_the_uninterrupted_trajectory() {
     let mut child = satm(&script, &part, None).spawn().unwrap();
     let t0 = Instant::now();
     let killed_at = loop {
-        if let Some(s) = latest_step(&part.join("k")) {
-            if s >= 8 {
-                child.kill().unwrap(); // SIGKILL: no chance to write anything more
-                break s;
-            }
+        if let Some(s) = latest_step(&part.join("k"))
+            && s >= 8
+        {
+            child.kill().unwrap(); // SIGKILL: no chance to write anything more
+            break s;
         }
         assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
         assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint appeared");

@@ -475,7 +475,7 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         pb.set_position(step as u64);
 
         // Logging.
-        if step % cfg.log_every == 0 || step == total_steps {
+        if step.is_multiple_of(cfg.log_every) || step == total_steps {
             let mut msg = String::new();
             for k in 0..k_tr {
                 let a = std::mem::take(&mut accs[k]);
@@ -504,7 +504,7 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         }
 
         // Catastrophic-overfitting guard.
-        if guard_on && step % guard_every == 0 {
+        if guard_on && step.is_multiple_of(guard_every) {
             let mut collapsed = false;
             let mut pgd = AttackSpec::new(AttackKind::Pgd);
             pgd.eps = cfg.eps;
@@ -516,15 +516,15 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
                 let xa = attacks::craft(&pgd, &[net as &dyn Classifier], &x, &y)?;
                 let acc = tch::no_grad(|| accuracy(&net.forward_t(&xa, false)?, &y))?;
                 emit(&mut history, step, epoch, "train", &labels[k], "guard_pgd_acc", acc);
-                if let Some(prev) = guard_prev[k] {
-                    if prev - acc > cfg.guard.drop {
-                        collapsed = true;
-                        emit(&mut history, step, epoch, "train", &labels[k], "guard_collapse", 1.0);
-                        pb.println(format!(
-                            "satm: catastrophic overfitting? {}: PGD accuracy fell {prev:.3} -> {acc:.3} at step {step}",
-                            labels[k]
-                        ));
-                    }
+                if let Some(prev) = guard_prev[k]
+                    && prev - acc > cfg.guard.drop
+                {
+                    collapsed = true;
+                    emit(&mut history, step, epoch, "train", &labels[k], "guard_collapse", 1.0);
+                    pb.println(format!(
+                        "satm: catastrophic overfitting? {}: PGD accuracy fell {prev:.3} -> {acc:.3} at step {step}",
+                        labels[k]
+                    ));
                 }
                 guard_prev[k] = Some(acc);
             }
@@ -548,29 +548,28 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
         }
 
         // Validation and early stopping.
-        if let Some(val) = run.val {
-            if step % eval_every == 0 || step == total_steps {
-                let total =
-                    validate(&run, val, &cfg, &spec, &use_bf16, &labels, step, epoch, &mut |s, e, sp, n, m, v| {
-                        emit(&mut history, s, e, sp, n, m, v)
-                    })?;
-                if best.is_none_or(|(b, _)| total < b) {
-                    best = Some((total, step));
-                    since_best = 0;
-                    if cfg.keep_best {
-                        best_weights = Some(snapshot(&run.trainees));
-                    }
-                } else {
-                    since_best += 1;
-                    if cfg.patience > 0 && since_best >= cfg.patience {
-                        stopped = "early_stopping".into();
-                        break;
-                    }
+        if let Some(val) = run.val
+            && (step.is_multiple_of(eval_every) || step == total_steps)
+        {
+            let total = validate(&run, val, &cfg, &spec, &use_bf16, &labels, step, epoch, &mut |s, e, sp, n, m, v| {
+                emit(&mut history, s, e, sp, n, m, v)
+            })?;
+            if best.is_none_or(|(b, _)| total < b) {
+                best = Some((total, step));
+                since_best = 0;
+                if cfg.keep_best {
+                    best_weights = Some(snapshot(&run.trainees));
+                }
+            } else {
+                since_best += 1;
+                if cfg.patience > 0 && since_best >= cfg.patience {
+                    stopped = "early_stopping".into();
+                    break;
                 }
             }
         }
 
-        if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step < total_steps {
+        if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) && step < total_steps {
             last_checkpoint =
                 save_checkpoint(&run, &members, step, &history, best, since_best, &source_counts, &labels)?;
         }
@@ -578,10 +577,10 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
     pb.finish_and_clear();
     let steps_done = step;
     let final_ck = save_checkpoint(&run, &members, steps_done, &history, best, since_best, &source_counts, &labels)?;
-    if cfg.keep_best {
-        if let Some(w) = &best_weights {
-            restore(&mut run.trainees, w)?;
-        }
+    if cfg.keep_best
+        && let Some(w) = &best_weights
+    {
+        restore(&mut run.trainees, w)?;
     }
     let trainees = (0..k_tr)
         .map(|k| TraineeSummary {
