@@ -466,10 +466,31 @@ fn grid_real_slurm_sigterm_checkpoints_requeues_and_resumes() {
     assert!(o.status.success(), "scancel: {}", String::from_utf8_lossy(&o.stderr));
     wait_until("the task to requeue itself", Duration::from_secs(30), || squeue_state(&task) == "PENDING");
     assert!(!p.join("failed").exists() && !p.join("done").exists(), "an interrupted point is neither failed nor done");
-    // Slurm holds a requeued job for ~2 minutes (BeginTime); release it now.
+    // Slurm holds a requeued job for ~2 minutes (BeginTime); release it sooner. Not in the same second as the
+    // requeue: slurmd revokes the old run's credential at second granularity and kills a restart within that second
+    // ("Killing non-startable batch job: Job credential revoked"), which is why Slurm itself holds the job.
+    std::thread::sleep(Duration::from_secs(3));
     let o = Command::new("scontrol").args(["update", &format!("JobId={task}"), "StartTime=now"]).output().unwrap();
     assert!(o.status.success(), "scontrol update: {}", String::from_utf8_lossy(&o.stderr));
-    wait_until("the requeued task to finish the point", Duration::from_secs(180), || p.join("done").exists());
+    wait_until("the requeued task to finish the point", Duration::from_secs(180), || {
+        if p.join("done").exists() {
+            return true;
+        }
+        // Fail at once, with Slurm's account, when the task ended without finishing the point.
+        let state = squeue_state(&task);
+        let ended = ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY"];
+        if ended.contains(&state.as_str()) {
+            std::thread::sleep(Duration::from_secs(2));
+            if !p.join("done").exists() {
+                let job = Command::new("scontrol").args(["show", "job", &task]).output().unwrap();
+                panic!(
+                    "the requeued task ended (squeue state '{state}') without finishing the point:\n{}",
+                    String::from_utf8_lossy(&job.stdout)
+                );
+            }
+        }
+        false
+    });
     let r = read_json(&p.join("results.json"));
     assert_eq!(r["started"], true);
     assert!(close(&r["value"], 7.0), "{r}");
