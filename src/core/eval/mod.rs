@@ -113,7 +113,7 @@ pub fn predict(model: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
     Ok(l.f_detach()?.f_to_device(x.device())?)
 }
 
-fn check_classes(model: &dyn Classifier, data: &Dataset) -> Result<()> {
+pub(crate) fn check_classes(model: &dyn Classifier, data: &Dataset) -> Result<()> {
     if model.num_classes() != data.num_classes() {
         bail!(
             "model {} has {} classes, dataset '{}' has {}",

@@ -1,14 +1,14 @@
 //! A standard robustness evaluation in the style of AutoAttack (Croce & Hein 2020): APGD-CE, then targeted
 //! APGD-DLR, then Square, each run only on the examples that are still classified correctly; an example counts as
 //! robust only if every attack fails on it (worst case per example).
-use super::{EvalResult, eval_batches, eval_subset, fmt_eps, predict};
+use super::{EvalResult, check_classes, eval_batches, eval_subset, fmt_eps, predict};
 use crate::core::attacks::{AttackKind, AttackSpec, craft};
 use crate::core::data::Dataset;
 use crate::core::eval::Confusion;
 use crate::core::models::Classifier;
 use crate::core::report::{Cell, Table};
 use crate::core::{cancel, device};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// Settings of the preset. The defaults follow AutoAttack's "standard" version except Square's query budget
 /// (AutoAttack: 5000), which is lowered for CPU-sized runs and recorded in the table.
@@ -79,15 +79,7 @@ pub fn preset_attacks(o: &RobustOpts, classes: i64) -> Vec<AttackSpec> {
 
 /// Runs the preset on `model` (white-box for the gradient attacks; Square only queries the logits).
 pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Result<RobustResult> {
-    if model.num_classes() != data.num_classes() {
-        bail!(
-            "model {} has {} classes, dataset '{}' has {}",
-            model.label(),
-            model.num_classes(),
-            data.name,
-            data.num_classes()
-        );
-    }
+    check_classes(model, data)?;
     let attacks = preset_attacks(o, model.num_classes());
     for a in &attacks {
         a.validate()?;

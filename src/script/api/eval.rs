@@ -156,6 +156,21 @@ fn models_of(func: &str, key: &str, v: &Dynamic) -> RResult<Vec<ModelV>> {
         .collect()
 }
 
+impl Parsed {
+    /// The core evaluation settings, crafting on `src_nets` (the borrowed `sources`; none: white-box).
+    fn eval_opts<'a>(&self, src_nets: &'a [Ref<'a, Net>]) -> EvalOpts<'a> {
+        let sources = if src_nets.is_empty() { Sources::WhiteBox } else { Sources::From(dyns(src_nets)) };
+        EvalOpts {
+            batch_size: self.batch,
+            attack: self.attack.clone(),
+            sources,
+            limit: self.limit,
+            seed: self.seed,
+            device: None,
+        }
+    }
+}
+
 fn borrow(models: &[ModelV]) -> anyhow::Result<Vec<Ref<'_, Net>>> {
     models.iter().map(|m| m.0.try_borrow().map_err(|_| anyhow!("a model is in use (being trained?)"))).collect()
 }
@@ -290,15 +305,7 @@ fn do_evaluate(m: ModelV, d: DatasetV, opts: Map) -> RResult<Map> {
     guard("evaluate", || {
         let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
         let src_nets = borrow(&p.sources)?;
-        let sources = if src_nets.is_empty() { Sources::WhiteBox } else { Sources::From(dyns(&src_nets)) };
-        let o = EvalOpts {
-            batch_size: p.batch,
-            attack: p.attack.clone(),
-            sources,
-            limit: p.limit,
-            seed: p.seed,
-            device: None,
-        };
+        let o = p.eval_opts(&src_nets);
         let r = with_precision(net.device(), || evaluate(&*net, &d.0, &o))?;
         Ok(result_map(&r))
     })
@@ -311,15 +318,7 @@ fn do_eps_sweep(m: ModelV, d: DatasetV, mut opts: Map) -> RResult<Map> {
     guard("eps_sweep", || {
         let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
         let src_nets = borrow(&p.sources)?;
-        let sources = if src_nets.is_empty() { Sources::WhiteBox } else { Sources::From(dyns(&src_nets)) };
-        let o = EvalOpts {
-            batch_size: p.batch,
-            attack: p.attack.clone(),
-            sources,
-            limit: p.limit,
-            seed: p.seed,
-            device: None,
-        };
+        let o = p.eval_opts(&src_nets);
         let (res, clean) = with_precision(net.device(), || {
             let res = eps_sweep(&*net, &d.0, &eps, &o)?;
             let clean = evaluate(&*net, &d.0, &EvalOpts { attack: None, sources: Sources::WhiteBox, ..o.clone() })?;
