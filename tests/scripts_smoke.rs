@@ -4,10 +4,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn run(script: &str, out: &Path) -> String {
+    run_with(script, out, &[])
+}
+
+/// `satm run scripts/<script>.rhai --set scale=test` with `extra` arguments, into `out`.
+fn run_with(script: &str, out: &Path, extra: &[&str]) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let o = Command::new(env!("CARGO_BIN_EXE_satm"))
         .current_dir(&root)
-        .args(["run", &format!("scripts/{script}.rhai"), "--set", "scale=test", "-q", "--out"])
+        .args(["run", &format!("scripts/{script}.rhai"), "--set", "scale=test", "-q", "--threads", "1"])
+        .args(extra)
+        .arg("--out")
         .arg(out)
         .output()
         .unwrap();
@@ -56,7 +63,18 @@ fn paper_tables_runs_every_table_over_folds() {
     assert!(text.contains("over 2 folds"), "{text}");
     check(
         &out,
-        &["table1", "table2", "table3", "table4", "table5", "clean", "masking_satm_A", "masking_satm_B"],
+        &[
+            "table1",
+            "table2",
+            "table3",
+            "table4",
+            "table5",
+            "table4b",
+            "table5b",
+            "clean",
+            "masking_satm_A",
+            "masking_satm_B",
+        ],
         &["fig3_4_satm_curves", "fig1_adversarial_pairs"],
     );
     let _ = std::fs::remove_dir_all(&out);
@@ -70,4 +88,75 @@ fn ablation_frozen_and_sweep_scripts_run() {
         check(&out, &[table], &[]);
         let _ = std::fs::remove_dir_all(&out);
     }
+}
+
+/// The `_loss` lines of a run's metrics.jsonl (train and validation), in order.
+fn losses(run_dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    text.lines().filter(|l| l.contains("_loss\"")).map(str::to_string).collect()
+}
+
+fn results(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn arms_point_trains_the_same_networks_as_paper_tables_and_reports_the_same_holdout_rates() {
+    let pt = tmp("arms-paper");
+    run_with("paper_tables", &pt, &["--set", "fold=0"]);
+    let table5 = &results(&pt)["table5"]["rows"];
+    for (arm, run_dir, col) in [("satm", "satm", 6), ("ensemble", "ensemble-A", 4)] {
+        let out = tmp(&format!("arms-{arm}"));
+        run_with("arms", &out, &["--set", "fold=0", "--set", &format!("arm={arm}")]);
+        // The same pretrained networks and the same reseeded arm: every loss of the adversarial run is identical.
+        let (want, got) = (losses(&pt.join(format!("fold0-{run_dir}"))), losses(&out.join(run_dir)));
+        assert!(want.len() >= 4, "{want:?}");
+        assert_eq!(got, want, "arm {arm}: the training differs from paper_tables' fold 0");
+        let rows = &results(&out)["arms"]["rows"];
+        for j in 0..2 {
+            assert_eq!(rows[j][3]["value"], table5[j][col]["value"], "arm {arm}, row {j}: hold-out Cr");
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let _ = std::fs::remove_dir_all(&pt);
+}
+
+#[test]
+fn arms_grid_collects_one_row_per_arm_and_network() {
+    let dir = tmp("arms-grid");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let satm = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_satm")).current_dir(&root).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{args:?}:\n{text}");
+        text
+    };
+    let d = dir.to_str().unwrap();
+    satm(&[
+        "grid",
+        "scripts/arms.rhai",
+        "--over",
+        "fold=0..1",
+        "--over",
+        "arm=undefended,satm",
+        "--set",
+        "scale=test",
+        "-j",
+        "2",
+        "--threads",
+        "1",
+        "--dir",
+        d,
+    ]);
+    let text = satm(&["grid", "collect", d]);
+    assert!(text.contains("All points done."), "{text}");
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("collected/arms.json")).unwrap()).unwrap();
+    assert_eq!(t["columns"][0], "arm", "{t}");
+    let rows = t["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{t}");
+    let arms: Vec<&str> = rows.iter().map(|r| r[0]["value"].as_str().unwrap()).collect();
+    assert_eq!(arms, ["undefended", "undefended", "satm", "satm"], "{t}");
+    assert!(rows.iter().all(|r| r[3]["n"] == 2), "means over the 2 folds: {t}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
