@@ -127,9 +127,26 @@ const MANIFEST_KEYS: &[&str] =
     &["path", "size", "resize", "classes", "folds", "fold", "seed", "skip_missing", "skip_bad", "cache", "cache_dir"];
 const SYNTH_KEYS: &[&str] = &["n", "classes", "size", "seed", "noise", "folds", "groups", "fold"];
 
+/// `root` if given, else `data_root()/<sub>`, which must then exist: a fresh clone away from ../shared/data gets told
+/// how to point satm at the data instead of a bare "not a directory".
+fn root_or_default(o: &Opts, sub: &str) -> RResult<PathBuf> {
+    if let Some(r) = o.opt_str("root")? {
+        return Ok(PathBuf::from(r));
+    }
+    let root = data_root().join(sub);
+    if !root.is_dir() {
+        return Err(script_err(format!(
+            "{sub}: no data at {} (the default: $SATM_DATA, else ../shared/data beside the checkout); set SATM_DATA to \
+             the folder that holds {sub}/, or pass root: \"DIR\"",
+            root.display()
+        )));
+    }
+    Ok(root)
+}
+
 fn load_adience(m: Map) -> RResult<Dynamic> {
     let o = Opts::new("adience", m, ADIENCE_KEYS)?;
-    let root = o.opt_str("root")?.map(PathBuf::from).unwrap_or_else(|| data_root().join("adience"));
+    let root = root_or_default(&o, "adience")?;
     let task = o.choice_or("task", "age", &["age", "gender"])?;
     let mapping = o.choice_or("age_mapping", "standard", &["standard", "nearest"])?;
     let faces = o.choice_or("faces", "faces", &["faces", "aligned"])?;
@@ -148,7 +165,7 @@ fn load_adience(m: Map) -> RResult<Dynamic> {
 
 fn load_utkface(m: Map) -> RResult<Dynamic> {
     let o = Opts::new("utkface", m, UTK_KEYS)?;
-    let root = o.opt_str("root")?.map(PathBuf::from).unwrap_or_else(|| data_root().join("utkface"));
+    let root = root_or_default(&o, "utkface")?;
     let mapping = o.choice_or("mapping", "drop", &["drop", "nearest"])?;
     let task = o.choice_or("task", "age", &["age", "gender"])?;
     let limit = o.opt_i64("limit")?;
