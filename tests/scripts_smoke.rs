@@ -164,3 +164,47 @@ fn arms_grid_collects_one_row_per_arm_and_network() {
     assert!(rows.iter().all(|r| r[3]["n"] == 2), "means over the 2 folds: {t}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A full-shaped Adience copy (5 official-format fold files, subject-disjoint users, the 8 age groups plus a row the
+/// standard protocol drops, faces/<user>/coarse_tilt_aligned_face.<face_id>.<image>), its images real UTKFace faces.
+fn adience_copy(dir: &Path, per_fold: usize) {
+    let utk = satm::script::data_root().join("utkface/images");
+    let mut faces: Vec<PathBuf> = std::fs::read_dir(&utk).unwrap().map(|e| e.unwrap().path()).collect();
+    faces.sort();
+    let groups = ["(0, 2)", "(4, 6)", "(8, 12)", "(15, 20)", "(25, 32)", "(38, 43)", "(48, 53)", "(60, 100)"];
+    let header =
+        "user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\ttilt_ang\tfiducial_yaw_angle\tfiducial_score";
+    let mut n = 0;
+    for fold in 0..5 {
+        let mut text = format!("{header}\n");
+        for j in 0..per_fold {
+            let user = format!("{}@N0{fold}", 1000 + fold * 100 + j % 4);
+            let image = format!("{}_{j}_o.jpg", 9000 + n);
+            let face_id = j + 1;
+            let age = if j == 0 { "(27, 32)" } else { groups[j % 8] };
+            let gender = if j % 2 == 0 { "m" } else { "f" };
+            text += &format!("{user}\t{image}\t{face_id}\t{age}\t{gender}\t10\t10\t200\t200\t0\t0\t60\n");
+            let d = dir.join("faces").join(&user);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(&faces[n * 7], d.join(format!("coarse_tilt_aligned_face.{face_id}.{image}"))).unwrap();
+            n += 1;
+        }
+        std::fs::write(dir.join(format!("fold_{fold}_data.txt")), text).unwrap();
+    }
+}
+
+#[test]
+fn scripts_run_on_the_adience_protocol_with_data_adience() {
+    let root = tmp("adience-copy");
+    adience_copy(&root, 40);
+    let out = tmp("adience-quickstart");
+    let r = root.to_str().unwrap();
+    let text = run_with("quickstart", &out, &["--set", "data=adience", "--set", &format!("root={r}")]);
+    // 200 rows, the 5 "(27, 32)" rows dropped by the standard protocol; test = fold 0's 39 kept rows.
+    assert!(text.contains("Dataset[adience; 195 items; 8 classes; 32x32]"), "{text}");
+    assert!(text.contains("/ 39 test"), "{text}");
+    assert!(text.contains("Table 4 analog"), "{text}");
+    assert!(results(&out)["table4"]["rows"].as_array().is_some_and(|r| r.len() == 2));
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&root);
+}
