@@ -63,24 +63,15 @@ fn paper_tables_runs_every_table_over_folds() {
     assert!(text.contains("over 2 folds"), "{text}");
     check(
         &out,
-        &[
-            "table1",
-            "table2",
-            "table3",
-            "table4",
-            "table5",
-            "table4b",
-            "table5b",
-            "clean",
-            "masking_undefended_A",
-            "masking_undefended_B",
-            "masking_ensemble_A",
-            "masking_ensemble_B",
-            "masking_satm_A",
-            "masking_satm_B",
-        ],
+        &["table1", "table2", "table3", "table4", "table5", "table4b", "table5b", "clean", "masking"],
         &["fig3_4_satm_curves", "fig1_adversarial_pairs"],
     );
+    // Fold 0's full gradient-masking reports are saved beside the summary.
+    for arm in ["undefended", "ensemble", "satm"] {
+        for net in ["A", "B"] {
+            assert!(out.join(format!("tables/masking_{arm}_{net}.md")).is_file(), "masking_{arm}_{net}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -109,6 +100,25 @@ fn arms_point_trains_the_same_networks_as_paper_tables_and_reports_the_same_hold
     let pt = tmp("arms-paper");
     run_with("paper_tables", &pt, &["--set", "fold=0"]);
     let table5 = &results(&pt)["table5"]["rows"];
+    // The masking summary's numbers are those of the full reports: FGSM and PGD from "PGD-n vs FGSM", R+FGSM from
+    // "R+FGSM vs FGSM", and flags = the failed checks.
+    let summary = &results(&pt)["masking"]["rows"];
+    for (i, label) in
+        ["undefended_A", "undefended_B", "ensemble_A", "ensemble_B", "satm_A", "satm_B"].iter().enumerate()
+    {
+        let full: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(pt.join(format!("tables/masking_{label}.json"))).unwrap())
+                .unwrap();
+        let rows = full["rows"].as_array().unwrap();
+        let find = |prefix: &str| rows.iter().find(|r| r[0]["value"].as_str().unwrap().starts_with(prefix)).unwrap();
+        let row = &summary[i];
+        assert_eq!(row[0]["value"], *label);
+        assert_eq!(row[2]["value"], find("PGD-")[2]["value"], "{label} FGSM");
+        assert_eq!(row[4]["value"], find("PGD-")[1]["value"], "{label} PGD");
+        assert_eq!(row[3]["value"], find("R+FGSM vs FGSM")[1]["value"], "{label} R+FGSM");
+        let flags = rows.iter().filter(|r| r[0]["value"] != "overall" && r[4]["value"] == "FLAG").count();
+        assert_eq!(row[7]["value"], flags, "{label} flags");
+    }
     for (arm, run_dir, col) in [("satm", "satm", 6), ("ensemble", "ensemble-A", 4)] {
         let out = tmp(&format!("arms-{arm}"));
         run_with("arms", &out, &["--set", "fold=0", "--set", &format!("arm={arm}")]);
