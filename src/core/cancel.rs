@@ -1,5 +1,6 @@
 //! One process-wide cancel flag: Ctrl-C sets it, every long operation (rhai's on_progress, training steps, attacks,
 //! evaluation loops, grid executors) polls it and stops cleanly.
+use std::cell::Cell;
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -44,8 +45,19 @@ pub fn request() {
     CANCEL.store(true, Ordering::SeqCst);
 }
 
+thread_local! {
+    /// Set on a background run's thread: Ctrl-C at the prompt stops the foreground command, never a background run
+    /// (which stops through its own `train::control::RunControl`).
+    static DETACHED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as a background run's: from now on `check()` and `is_cancelled()` ignore Ctrl-C there.
+pub fn detach_current_thread() {
+    DETACHED.with(|d| d.set(true));
+}
+
 pub fn is_cancelled() -> bool {
-    CANCEL.load(Ordering::Relaxed)
+    CANCEL.load(Ordering::Relaxed) && !DETACHED.with(|d| d.get())
 }
 
 /// Clears the flag (the REPL does this before each command).

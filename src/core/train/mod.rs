@@ -1,6 +1,7 @@
 //! Training: standard training and the SATM loop for K networks (sources, frozen networks, GRL domain adaptation).
 pub mod checkpoint;
 pub mod config;
+pub mod control;
 pub mod grl;
 pub mod history;
 pub mod optim;
