@@ -81,6 +81,7 @@ fn satm_side(
         source_counts: vec![vec![0; K]; K],
         labels: labels.clone(),
         satm: satm::VERSION.into(),
+        events: vec![],
     };
     {
         let refs: Vec<&mut Net> = nets.iter_mut().collect();
@@ -104,6 +105,7 @@ fn satm_side(
         dir: Some(run_dir.clone()),
         resume: Some(run_dir.clone()),
         progress: false,
+        control: None,
     })
     .unwrap();
     assert_eq!(res.steps, STEPS);

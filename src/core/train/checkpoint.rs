@@ -3,6 +3,7 @@
 //! `checkpoints/latest.json` is atomically replaced to name it, so a reader never sees a half-written checkpoint.
 //! The RNG needs no saving: every step reseeds from (seed, step).
 use super::History;
+use super::control::SteerEvent;
 use super::optim::Optimizer;
 use crate::core::fsutil;
 use crate::core::models::Net;
@@ -20,6 +21,9 @@ pub struct CheckpointState {
     pub source_counts: Vec<Vec<usize>>,
     pub labels: Vec<String>,
     pub satm: String,
+    /// Every steering change applied before `step` (resume replays them).
+    #[serde(default)]
+    pub events: Vec<SteerEvent>,
 }
 
 fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
