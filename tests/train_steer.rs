@@ -190,3 +190,35 @@ fn raising_r_da_without_da_heads_is_rejected_and_stop_checkpoints() {
     assert_eq!(control.status().state, RunState::Finished);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A run paused before it starts waits at its first step boundary (the step does not advance), takes a change made
+/// meanwhile at that boundary, and goes on when resumed.
+#[test]
+fn a_paused_run_waits_at_a_step_boundary_and_goes_on_when_resumed() {
+    let _serial = serial();
+    let root = tmp("pause");
+    let control = Arc::new(RunControl::new());
+    control.pause();
+    let (c, dir) = (control.clone(), root.clone());
+    let h = std::thread::spawn(move || {
+        let d = data();
+        let mut n = nets();
+        go(&mut n, &d, cfg(3), &dir, false, Some(c)).steps
+    });
+    let t0 = std::time::Instant::now();
+    while control.status().state != RunState::Paused {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(120), "the run never reported Paused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    control.set("lr", 0.001).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!((control.status().state, control.status().step), (RunState::Paused, 0), "a paused run moved");
+    assert!(control.events().is_empty(), "a change applied while paused, not at the boundary after it");
+    control.resume();
+    assert_eq!(h.join().unwrap(), 3);
+    let ev = control.events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].step, ev[0].key.as_str(), ev[0].new), (0, "lr", 0.001));
+    assert_eq!(control.status().state, RunState::Finished);
+    let _ = std::fs::remove_dir_all(&root);
+}
