@@ -79,8 +79,10 @@ fn cfg_guard(base: TrainConfig, steps: usize) -> TrainConfig {
     TrainConfig { steps, ..base }
 }
 
+/// Every tensor of a network's state, sorted by name: parameters, BN running statistics and the integer
+/// `num_batches_tracked` counters (which live outside the VarStore).
 fn weights(n: &Net) -> Vec<Tensor> {
-    n.named_variables().into_iter().map(|(_, t)| t.detach().copy()).collect()
+    n.state_dict().into_iter().map(|(_, t)| t.detach().copy()).collect()
 }
 
 fn same(a: &[Tensor], b: &[Tensor]) -> bool {
@@ -264,10 +266,22 @@ fn resumed_run_follows_the_uninterrupted_trajectory() {
     assert_eq!(r.steps, 8);
     // Same trajectory up to float summation order inside libtorch's threaded kernels (observed: ~2e-6).
     let max_diff = |p: &[Tensor], q: &[Tensor]| {
+        assert_eq!(p.len(), q.len());
         p.iter().zip(q).map(|(x, y)| (x - y).abs().max().double_value(&[])).fold(0.0, f64::max)
     };
     let d = max_diff(&weights(&a1), &weights(&a3)).max(max_diff(&weights(&b1), &weights(&b3)));
     assert!(d < 1e-5, "resumed weights differ by {d}");
+    // Integer buffers exactly: every BN counter of the resumed vggbn_s equals the uninterrupted run's (a resume that
+    // restarted them would have 3 steps' worth instead of 8).
+    let (s1, s3) = (a1.state_dict(), a3.state_dict());
+    let counters: Vec<_> = s1.iter().zip(&s3).filter(|((n, _), _)| n.ends_with("num_batches_tracked")).collect();
+    assert!(!counters.is_empty(), "vggbn_s has BatchNorm counters");
+    for ((n, x), (m, y)) in counters {
+        assert_eq!(n, m);
+        assert_eq!((x.kind(), y.kind()), (Kind::Int64, Kind::Int64), "{n}");
+        let (x, y) = (x.int64_value(&[]), y.int64_value(&[]));
+        assert!(x > 0 && x == y, "{n}: {y} after resuming, {x} uninterrupted");
+    }
     // A run that really diverges (another data seed) is far away: the tolerance can fail.
     let (mut a4, mut b4) = (net(41, "vggbn_s"), net(42, "vgg_s"));
     train::run(train::Run {

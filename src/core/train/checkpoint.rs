@@ -1,4 +1,4 @@
-//! Checkpoints: every trainee's variables (BN statistics included), DA heads, optimizer state, step, history and
+//! Checkpoints: every trainee's state (variables, BN running statistics and `num_batches_tracked` counters), DA heads, optimizer state, step, history and
 //! early-stopping state. A checkpoint is a directory `checkpoints/step-NNNNNNN/`, written completely before the pointer
 //! `checkpoints/latest.json` is atomically replaced to name it, so a reader never sees a half-written checkpoint.
 //! The RNG needs no saving: every step reseeds from (seed, step).
@@ -54,6 +54,17 @@ fn copy_into(what: &str, vars: Vec<(String, Tensor)>, saved: &[(String, Tensor)]
     })
 }
 
+/// Copies a saved state into network `k`: every tensor of its state_dict (integer BN counters included) must be
+/// there with the same shape.
+fn restore_net(k: usize, net: &mut Net, saved: &[(String, Tensor)]) -> Result<()> {
+    let have: std::collections::HashSet<&str> = saved.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some((name, _)) = net.state_dict().into_iter().find(|(n, _)| !have.contains(n.as_str())) {
+        bail!("network {k}: checkpoint lacks {name}");
+    }
+    net.load_tensors(saved, true).with_context(|| format!("network {k}"))?;
+    Ok(())
+}
+
 fn var_list(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -78,7 +89,8 @@ pub fn save(
     let write = || -> Result<()> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for (k, net) in trainees.iter().enumerate() {
-            write_tensors(&dir.join(format!("net{k}.safetensors")), &net.named_variables())?;
+            // state_dict, not named_variables: the BN counters live outside the VarStore.
+            write_tensors(&dir.join(format!("net{k}.safetensors")), &net.state_dict())?;
             let (da, opt) = &parts[k];
             if let Some(vs) = da {
                 write_tensors(&dir.join(format!("da{k}.safetensors")), &var_list(vs))?;
@@ -331,8 +343,8 @@ pub fn load(
         bail!("checkpoint {} holds {} networks, this run trains {}", dir.display(), state.labels.len(), trainees.len());
     }
     for (k, net) in trainees.iter_mut().enumerate() {
-        let saved = read_tensors(&dir.join(format!("net{k}.safetensors")))?;
-        copy_into(&format!("network {k}"), net.named_variables(), &saved)?;
+        let path = dir.join(format!("net{k}.safetensors"));
+        restore_net(k, net, &read_tensors(&path)?).with_context(|| format!("restoring {}", path.display()))?;
         let (da, opt) = &mut parts[k];
         if let Some(vs) = da {
             let p = dir.join(format!("da{k}.safetensors"));
