@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SEED: u64 = 0x5A7_16;
+const SEED: u64 = 20_261_129;
 const CALLS: usize = 10_000;
 /// A call running longer than this gets the cancel flag (the Ctrl-C path).
 const WATCHDOG: Duration = Duration::from_secs(1);
@@ -501,7 +501,7 @@ fn random_calls_of_every_registered_function_neither_panic_nor_abort() {
         s["panics"].as_array().unwrap().iter().map(|p| p.as_str().unwrap_or_default().to_string()).collect();
     let calls = s["calls"].as_u64().unwrap();
     println!(
-        "faults: fuzz: {calls} random calls (seed {SEED:#x}) of {} functions ({} of {} signatures registered; skipped: \
+        "faults: fuzz: {calls} random calls (seed {SEED}) of {} functions ({} of {} signatures registered; skipped: \
          {}); {} returned, {} script errors, {} stopped by the watchdog; {} panics, 0 aborts; {:.0} s",
         s["functions"],
         s["called_signatures"],

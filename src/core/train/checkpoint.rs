@@ -277,7 +277,7 @@ fn choose(path: &Path) -> Result<(PathBuf, CheckpointState)> {
         .filter(|p| p.is_dir())
         .filter_map(|p| step_of(&p).map(|s| (s, p)))
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     let which = if pointed.is_ok() { "previous" } else { "newest" };
     let (first_err, fallback): (anyhow::Error, Vec<PathBuf>) = match &pointed {
         Ok(dir) => match verify(dir) {
