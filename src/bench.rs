@@ -151,6 +151,7 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
             dir: None,
             resume: None,
             progress: false,
+            control: None,
         })?;
         Ok(t.elapsed().as_secs_f64())
     };

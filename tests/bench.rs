@@ -104,6 +104,7 @@ fn satm_side(
         dir: Some(run_dir.clone()),
         resume: Some(run_dir.clone()),
         progress: false,
+        control: None,
     })
     .unwrap();
     assert_eq!(res.steps, STEPS);

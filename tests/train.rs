@@ -60,6 +60,7 @@ fn standard(n: &mut Net, data: &Dataset, steps: usize, lr: f64) {
         dir: None,
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
 }
@@ -116,6 +117,7 @@ fn satm_k2_raises_black_box_accuracy_well_above_undefended() {
         dir: None,
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
     assert_eq!(r.steps, 80);
@@ -145,6 +147,7 @@ fn frozen_source_stays_bit_identical_and_k3_round_robin_is_balanced() {
         dir: None,
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
     assert!(same(&d_before, &weights(&d)), "the frozen network changed");
@@ -190,6 +193,7 @@ fn r_adv_zero_and_r_da_zero_equals_standard_training() {
         dir: None,
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
     assert!(same(&weights(&a), &weights(&b)));
@@ -210,6 +214,7 @@ fn r_da_zero_trains_no_da_head() {
         dir: Some(dir.clone()),
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
     let ck = r.checkpoint.unwrap();
@@ -225,6 +230,7 @@ fn r_da_zero_trains_no_da_head() {
         dir: Some(tmp("withda")),
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
     assert!(with_da.checkpoint.unwrap().join("da0.safetensors").is_file());
@@ -249,6 +255,7 @@ fn resumed_run_follows_the_uninterrupted_trajectory() {
             dir: Some(dir.clone()),
             resume: resume.then(|| dir.clone()),
             progress: false,
+            control: None,
         })
         .unwrap()
     };
@@ -279,6 +286,7 @@ fn resumed_run_follows_the_uninterrupted_trajectory() {
         dir: None,
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
     assert!(max_diff(&weights(&a1), &weights(&a4)) > 1e-3);
@@ -301,6 +309,7 @@ fn nan_loss_stops_with_clear_error_and_intact_checkpoint() {
         dir: Some(dir.clone()),
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap_err();
     let msg = format!("{err:#}");
@@ -337,6 +346,7 @@ fn catastrophic_overfitting_guard_logs_and_stops() {
         dir: None,
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
     assert_eq!(r.stopped, "completed");
@@ -355,6 +365,7 @@ fn catastrophic_overfitting_guard_logs_and_stops() {
         dir: None,
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
     let accs: Vec<f64> = r.history.series("train", &r.labels[0], "guard_pgd_acc").into_iter().map(|p| p.1).collect();
@@ -390,6 +401,7 @@ fn validation_and_early_stopping_bookkeeping() {
         dir: None,
         resume: None,
         progress: false,
+        control: None,
     })
     .unwrap();
     let totals = r.history.series("val", "all", "total_loss");

@@ -6,6 +6,7 @@ pub mod grl;
 pub mod history;
 pub mod optim;
 pub mod satm;
+pub mod watch;
 
 pub use config::{LambdaSchedule, LrSchedule, SourcePolicy, TrainConfig};
 pub use history::{History, Point};

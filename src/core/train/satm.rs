@@ -34,6 +34,8 @@ pub struct Run<'a> {
     pub resume: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Steering while it trains (pause, set, stop) and its live status; see `control`.
+    pub control: Option<std::sync::Arc<super::control::RunControl>>,
 }
 
 /// Per-trainee summary at the end of a run.
@@ -147,7 +149,7 @@ fn batches_per_epoch(n: usize, b: usize) -> usize {
 
 /// Runs training; see the module docs.
 pub fn run(mut run: Run) -> Result<TrainResult> {
-    let cfg = run.cfg.clone();
+    let mut cfg = run.cfg.clone();
     cfg.validate()?;
     // Every step frees and re-allocates the same activation sizes: keep them in the heap (no page faults per step).
     crate::core::amp::retain_freed_memory();
@@ -189,7 +191,7 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
     }
     let labels =
         unique_labels(run.trainees.iter().map(|n| n.label()).chain(run.frozen.iter().map(|n| n.label())).collect());
-    let spec = attack_spec(&cfg)?;
+    let mut spec = attack_spec(&cfg)?;
     let use_bf16: Vec<bool> = run
         .trainees
         .iter()
@@ -308,7 +310,90 @@ pub fn run(mut run: Run) -> Result<TrainResult> {
 
     let par = SideBySide::plan(&run.trainees, &run.frozen, &spec);
     let mut step = step0;
+    let mut steer_clock = (std::time::Instant::now(), step0, 0.0f64);
     while step < total_steps {
+        if let Some(ctl) = run.control.clone() {
+            use super::control::{RunState, RunStatus, SteerEvent, TraineeStatus};
+            let (now, progress) = (std::time::Instant::now(), step as f64 / total_steps.max(1) as f64);
+            let dt = now.duration_since(steer_clock.0).as_secs_f64();
+            if dt >= 2.0 {
+                steer_clock = (now, step, (step - steer_clock.1) as f64 * cfg.batch_size as f64 / dt);
+            }
+            let log_point = step == step0 || step.is_multiple_of(cfg.log_every);
+            let trainees = if log_point {
+                let m = |k: usize, n: &str| history.last("train", &labels[k], n);
+                (0..k_tr)
+                    .map(|k| TraineeStatus {
+                        label: labels[k].clone(),
+                        clean_loss: m(k, "clean_loss"),
+                        clean_acc: m(k, "clean_acc"),
+                        adv_loss: m(k, "adv_loss"),
+                        adv_acc: m(k, "adv_acc"),
+                        da_loss: m(k, "da_loss"),
+                        domain_acc: m(k, "domain_acc"),
+                    })
+                    .collect()
+            } else {
+                ctl.status().trainees
+            };
+            let (rate, lam) = (steer_clock.2, cfg.lambda.at(progress));
+            let mut status = RunStatus {
+                state: if ctl.stop_requested() {
+                    RunState::Stopping
+                } else if ctl.is_paused() {
+                    RunState::Paused
+                } else {
+                    RunState::Running
+                },
+                step,
+                total: total_steps,
+                img_per_s: rate,
+                eta_s: (rate > 0.0).then(|| (total_steps - step) as f64 * cfg.batch_size as f64 / rate),
+                trainees,
+                settings: [("r_adv", cfg.r_adv), ("r_da", cfg.r_da), ("lambda", lam), ("lr", cfg.lr)]
+                    .into_iter()
+                    .chain([("eps", cfg.eps), ("alpha", cfg.alpha())])
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                error: None,
+            };
+            ctl.publish(status.clone(), log_point.then_some(&history));
+            if ctl.is_paused() {
+                ctl.wait_while_paused();
+                steer_clock = (std::time::Instant::now(), step, steer_clock.2);
+                status.state = RunState::Running;
+                ctl.publish(status, None);
+            }
+            if ctl.stop_requested() {
+                stopped = "stopped".into();
+                break;
+            }
+            for (key, new) in ctl.take_pending() {
+                let old = match key.as_str() {
+                    "r_adv" => std::mem::replace(&mut cfg.r_adv, new),
+                    "r_da" => std::mem::replace(&mut cfg.r_da, new),
+                    "lambda" => {
+                        cfg.lambda = super::config::LambdaSchedule::Constant(new);
+                        lam
+                    }
+                    "lr" => std::mem::replace(&mut cfg.lr, new),
+                    "eps" => std::mem::replace(&mut cfg.eps, new),
+                    "alpha" => {
+                        let a = cfg.alpha();
+                        cfg.alpha = Some(new);
+                        a
+                    }
+                    other => bail!("'{other}' cannot be changed while a run trains"),
+                };
+                spec = attack_spec(&cfg)?;
+                ctl.record_event(SteerEvent { step, key: key.clone(), old, new });
+                if let Some(d) = &run.dir {
+                    let line = serde_json::json!({"event": "set", "step": step, "key": key, "old": old, "new": new});
+                    let mut f = std::fs::OpenOptions::new().append(true).open(d.join("metrics.jsonl"))?;
+                    f.write_all(format!("{line}\n").as_bytes())?;
+                }
+            }
+        }
         if let Err(e) = cancel::check() {
             pb.abandon();
             let ck = save_checkpoint(&run, &members, step, &history, best, since_best, &source_counts, &labels)?;
