@@ -394,7 +394,8 @@ fn events_array(events: &[SteerEvent]) -> Array {
             m.insert("step".into(), Dynamic::from_int(e.step as i64));
             m.insert("key".into(), e.key.clone().into());
             m.insert("old".into(), Dynamic::from_float(e.old));
-            m.insert("new".into(), Dynamic::from_float(e.new));
+            // `new` is a reserved word in Rhai (`e.new` would not parse): the new value is `value`.
+            m.insert("value".into(), Dynamic::from_float(e.new));
             Dynamic::from_map(m)
         })
         .collect()
@@ -514,7 +515,7 @@ pub fn register(engine: &mut Engine) {
         "()",
         "Changes settings of a running run from the next step boundary on: r_adv, r_da, lambda (a constant from\n\
          then on), lr (the base rate; the schedule still applies), eps, alpha. Each change is an event (step, key,\n\
-         old, new) in run.events and in metrics.jsonl. r_da and lambda need a run started with r_da > 0; a train()\n\
+         old, value) in run.events and in metrics.jsonl. r_da and lambda need a run started with r_da > 0; a train()\n\
          run takes only lr.",
     )
     .register_into_engine(engine, |r: &mut RunV, changes: Map| -> RResult<()> {
