@@ -34,7 +34,7 @@ struct Fx {
 
 /// Fixtures: `t` images [2,3,16,16], `y` labels [2], `m` a tiny 4-class model, `d` a 16-item 4-class dataset with
 /// 4 folds, `e` an empty dataset, `tb` a table, `bs`/`b` batches and one batch, `ev` an evaluate() result, `r` a
-/// one-step training result and `h` its history.
+/// one-step training result and `h` its history, `run` a finished background run, `w` a watcher of `r`'s directory.
 const FIXTURES: &str = r#"
     threads(1);
     seed(1);
@@ -53,6 +53,10 @@ const FIXTURES: &str = r#"
     let ev = evaluate(m, d, #{batch: 8});
     let r = train(mt, d, #{steps: 1, batch: 4, progress: false, log_every: 1, name: "fixture"});
     let h = r.history;
+    let mb = model("vgg_s", #{classes: 4, width: 0.125});
+    let run = train(mb, d, #{steps: 2, batch: 4, background: true, threads: 1, name: "fixture_bg"});
+    run.wait();
+    let w = watch(r.dir);
     let nan = parse_float("NaN");
     let inf = parse_float("inf");
 "#;
@@ -225,6 +229,8 @@ fn accepted(ty: &str) -> &'static [&'static str] {
         "Batches" => &["Batches"],
         "Batch" => &["Batch"],
         "TrainResult" => &["TrainResult"],
+        "Run" => &["Run"],
+        "Watcher" => &["Watcher"],
         "bool" => &["bool"],
         other => panic!("no fixture for parameter type '{other}': add it to accepted() and valid_value()"),
     }
@@ -255,6 +261,8 @@ fn valid_value(func: &str, pname: &str, ty: &str) -> String {
         "Batches" => "bs",
         "Batch" => "b",
         "TrainResult" => "r",
+        "Run" => "run",
+        "Watcher" => "w",
         "bool" => "true",
         "?" => "0.5",
         other => panic!("no fixture for parameter type '{other}'"),
@@ -274,6 +282,7 @@ const WRONG: &[(&str, &str)] = &[
     ("d", "Dataset"),
     ("m", "Model"),
     ("tb", "Table"),
+    ("run", "Run"),
 ];
 
 /// (name, arity) of Rhai's own functions: a wrong-typed call may legitimately reach one of them (`len("x")`).
