@@ -409,9 +409,22 @@ fn background_run_is_steered_from_the_prompt() {
     assert_eq!(r.quick("run.status().state"), "running");
     r.until(&format!("run.status().step > {c1}"), "true");
 
+    // A second run at the same time, on its own thread; both advance; :runs lists both.
+    r.line(
+        "let c = model(\"vgg_s\", #{classes: 4, width: 0.125}); \
+         let run2 = train(c, d, #{steps: 100000, batch: 8, background: true, threads: 1, name: \"second\"}); run2",
+        "Run[second:",
+    );
+    r.until("run2.status().step > 2", "true");
+    let b1 = r.step("run");
+    r.until(&format!("run.status().step > {b1}"), "true");
+    r.until("run.status().img_per_s > 0.0", "true");
     r.keys(":runs\r");
     r.expect("live");
     r.expect("running");
+    r.expect("second");
+    r.expect("running");
+    assert_eq!(r.value("run2.stop().stopped"), "stopped");
 
     // stop: a checkpoint, then the end; the networks are free again.
     r.line("let res = run.stop(); res.stopped", "\"stopped\"");
@@ -437,8 +450,18 @@ fn background_run_is_steered_from_the_prompt() {
     );
     assert_eq!(r.value("predict(a, rand([2, 3, 16, 16])).shape[0]"), "2");
     r.line("run.set(#{lr: 0.1})", "has ended");
+    // Quitting stops a run still going, with a checkpoint.
+    r.line(
+        "let run3 = train(c, d, #{steps: 100000, batch: 8, background: true, threads: 1, name: \"third\"}); run3",
+        "Run[third:",
+    );
+    r.until("run3.status().step > 2", "true");
+    let rel3 = r.value("run3.dir");
+    let third = r._dir.path().join(rel3);
     r.keys("\x04");
+    r.expect("stopping background run third");
     assert_eq!(r.exit_code(), 0);
+    assert!(third.join("checkpoints/latest.json").is_file(), "quitting left no checkpoint in {}", third.display());
 }
 
 /// A child process killed when the test ends, whatever happens.
