@@ -1094,10 +1094,13 @@ fn background_runs_report_failures_locks_and_bad_steering() {
         let e5 = err(|| { save(m2, tmp + "/x.safetensors"); "" });
         let e6 = err(|| { train(m, d, #{steps: 1, threads: 2}); "" });
         let e7 = err(|| { train(m, d, #{steps: 1, batch: 4, background: true, name: "g"}); "" });
+        g.pause();
+        let e8 = err(|| { g.wait(); "" });
         let r2 = g.stop();
-        [e1, e2, e3, e4, e5, e6, e7, r2.stopped, g.status().state, predict(m2, t).shape[0]]"#);
+        [e1, e2, e3, e4, e5, e6, e7, r2.stopped, g.status().state, predict(m2, t).shape[0], e8]"#);
     let parts = &v;
-    assert_eq!(parts.len(), 10, "{v:?}");
+    assert_eq!(parts.len(), 11, "{v:?}");
+    assert!(parts[10].contains("is paused and would never end"), "{v:?}");
     assert!(parts[0].contains("only lr can be set"), "{v:?}");
     assert!(parts[1].contains("lr = -1") && parts[1].contains("> 0"), "{v:?}");
     assert_eq!(parts[2], "queued");
@@ -1105,7 +1108,7 @@ fn background_runs_report_failures_locks_and_bad_steering() {
     assert!(parts[4].contains("save") && parts[4].contains("background run g"), "{v:?}");
     assert!(parts[5].contains("'threads' is for background runs"), "{v:?}");
     assert!(parts[6].contains("background run named g is still going"), "{v:?}");
-    assert_eq!(&parts[7..], ["stopped", "stopped", "2"], "{v:?}");
+    assert_eq!(&parts[7..10], ["stopped", "stopped", "2"], "{v:?}");
 
     let v = out(r#"
         let h = satm(#{nets: [m2], frozen: [m], data: d, steps: 1000000, batch: 4, r_da: 0.0, background: true,

@@ -237,6 +237,9 @@ impl LiveRun {
             Some(Ok(r)) if r.stopped == "stopped" => "stopped".into(),
             Some(Ok(_)) => "finished".into(),
             Some(Err(_)) => "failed".into(),
+            // Parked at a step boundary is paused whatever the last published status says.
+            None if self.control.is_parked() => "paused".into(),
+            None if self.control.stop_requested() => "stopping".into(),
             None => state_name(self.control.status().state).into(),
         }
     }
@@ -247,6 +250,12 @@ impl LiveRun {
             if cancel::is_cancelled() {
                 return Err(anyhow::Error::new(cancel::Cancelled)
                     .context(format!("stopped waiting; background run {} goes on", self.name)));
+            }
+            if self.control.is_paused() && !self.control.stop_requested() {
+                bail!(
+                    "background run {} is paused and would never end: run.resume() it first (or run.stop())",
+                    self.name
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
