@@ -61,6 +61,17 @@ pub enum Cmd {
     Bench(crate::bench::BenchArgs),
     /// Run a script over a grid of parameters (locally or as a Slurm job array); status; collect into tables.
     Grid(Box<crate::grid::GridArgs>),
+    /// Follow a run directory another process writes: a status line as it advances, until it ends or Ctrl-C.
+    Watch {
+        /// The run directory (runs/<script>/<time>/<name>, holding run.json and metrics.jsonl).
+        dir: PathBuf,
+        /// Print the status once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between looks.
+        #[arg(long, default_value_t = 2.0)]
+        every: f64,
+    },
 }
 
 /// Applies `--set`, `--out`, `--device`, ... to the script session. Errors name the offending option.
@@ -179,6 +190,8 @@ fn run_script(file: Option<&PathBuf>, code: Option<&str>, args: &SessionArgs) ->
         }),
         (None, None) => unreachable!("run_script needs a file or code"),
     };
+    // Background runs the script started finish before the process ends (Ctrl-C stops them with a checkpoint).
+    script::api::live::finish_all(false);
     match res {
         Ok(_) => 0,
         Err(msg) => {
@@ -219,6 +232,7 @@ pub fn main() -> i32 {
         }
         (None, Some(Cmd::Bench(a))) => crate::bench::main(a),
         (None, Some(Cmd::Grid(args))) => crate::grid::main(args, &cli.session),
+        (None, Some(Cmd::Watch { dir, once, every })) => crate::core::train::watch::main(dir, *once, *every),
         (None, Some(Cmd::Repl)) | (None, None) => {
             if let Err(e) = apply_session(&cli.session, "repl") {
                 eprintln!("satm: {e}");

@@ -34,7 +34,7 @@ struct Fx {
 
 /// Fixtures: `t` images [2,3,16,16], `y` labels [2], `m` a tiny 4-class model, `d` a 16-item 4-class dataset with
 /// 4 folds, `e` an empty dataset, `tb` a table, `bs`/`b` batches and one batch, `ev` an evaluate() result, `r` a
-/// one-step training result and `h` its history.
+/// one-step training result and `h` its history, `run` a finished background run, `w` a watcher of `r`'s directory.
 const FIXTURES: &str = r#"
     threads(1);
     seed(1);
@@ -53,6 +53,10 @@ const FIXTURES: &str = r#"
     let ev = evaluate(m, d, #{batch: 8});
     let r = train(mt, d, #{steps: 1, batch: 4, progress: false, log_every: 1, name: "fixture"});
     let h = r.history;
+    let mb = model("vgg_s", #{classes: 4, width: 0.125});
+    let run = train(mb, d, #{steps: 2, batch: 4, background: true, threads: 1, name: "fixture_bg"});
+    run.wait();
+    let w = watch(r.dir);
     let nan = parse_float("NaN");
     let inf = parse_float("inf");
 "#;
@@ -225,6 +229,8 @@ fn accepted(ty: &str) -> &'static [&'static str] {
         "Batches" => &["Batches"],
         "Batch" => &["Batch"],
         "TrainResult" => &["TrainResult"],
+        "Run" => &["Run"],
+        "Watcher" => &["Watcher"],
         "bool" => &["bool"],
         other => panic!("no fixture for parameter type '{other}': add it to accepted() and valid_value()"),
     }
@@ -255,6 +261,8 @@ fn valid_value(func: &str, pname: &str, ty: &str) -> String {
         "Batches" => "bs",
         "Batch" => "b",
         "TrainResult" => "r",
+        "Run" => "run",
+        "Watcher" => "w",
         "bool" => "true",
         "?" => "0.5",
         other => panic!("no fixture for parameter type '{other}'"),
@@ -274,6 +282,7 @@ const WRONG: &[(&str, &str)] = &[
     ("d", "Dataset"),
     ("m", "Model"),
     ("tb", "Table"),
+    ("run", "Run"),
 ];
 
 /// (name, arity) of Rhai's own functions: a wrong-typed call may legitimately reach one of them (`len("x")`).
@@ -1047,4 +1056,74 @@ fn helpers_parse_signatures_and_option_lists() {
     assert_eq!(with_key("#{}", "zz", "1"), "#{zz: 1}");
     assert_eq!(valid_keys_in("f: unknown option(s) q; valid options: a, b_c"), vec!["a", "b_c"]);
     assert!(Path::new(env!("CARGO_BIN_EXE_satm")).exists());
+}
+
+/// Background runs: a failed run's error comes back from wait() and status(); locked networks, steering that cannot
+/// apply and misplaced options are clear errors; the networks are free again once a run ends.
+#[test]
+fn background_runs_report_failures_locks_and_bad_steering() {
+    let fx = setup();
+    // Each case returns an array; every element comes back as text.
+    let out = |code: &str| -> Vec<String> {
+        // `err(f)`: the message of the error `f` raises ("" when none; then f's value).
+        let code = format!("fn err(f) {{ let m = \"\"; try {{ m = f.call(); }} catch (e) {{ m = e; }} m }}\n{code}");
+        let code = code.as_str();
+        let mut scope = fx.scope.clone();
+        match fx.engine.eval_with_scope::<rhai::Array>(&mut scope, code) {
+            Ok(a) => a.iter().map(|x| x.to_string()).collect(),
+            Err(e) => {
+                let msg = satm::script::format_error(&e, code, "<case>");
+                eprintln!("{msg}");
+                panic!("{code}\nfailed: {msg}")
+            }
+        }
+    };
+    let v = out(r#"
+        let f = train(m2, d, #{steps: 1, batch: 4, resume: "/nonexistent/run", background: true, name: "bad"});
+        let msg = err(|| { f.wait(); "no error" });
+        [msg, f.status().state, predict(m2, t).shape[0]]"#);
+    assert!(v[0].contains("background run bad failed") && v[0].contains("/nonexistent/run"), "{v:?}");
+    assert_eq!(&v[1..], ["failed", "2"], "{v:?}");
+
+    let v = out(r#"
+        let g = train(m2, d, #{steps: 1000000, batch: 4, background: true, threads: 1, name: "g"});
+        let e1 = err(|| { g.set(#{r_adv: 1.0}); "" });
+        let e2 = err(|| { g.set(#{lr: -1.0}); "" });
+        let e3 = err(|| { g.set(#{lr: 0.01}); "queued" });
+        let e4 = err(|| { train(m2, d, #{steps: 1}); "" });
+        let e5 = err(|| { save(m2, tmp + "/x.safetensors"); "" });
+        let e6 = err(|| { train(m, d, #{steps: 1, threads: 2}); "" });
+        let e7 = err(|| { train(m, d, #{steps: 1, batch: 4, background: true, name: "g"}); "" });
+        g.pause();
+        let e8 = err(|| { g.wait(); "" });
+        let r2 = g.stop();
+        [e1, e2, e3, e4, e5, e6, e7, r2.stopped, g.status().state, predict(m2, t).shape[0], e8]"#);
+    let parts = &v;
+    assert_eq!(parts.len(), 11, "{v:?}");
+    assert!(parts[10].contains("is paused and would never end"), "{v:?}");
+    assert!(parts[0].contains("only lr can be set"), "{v:?}");
+    assert!(parts[1].contains("lr = -1") && parts[1].contains("> 0"), "{v:?}");
+    assert_eq!(parts[2], "queued");
+    assert!(parts[3].contains("is being trained by background run g; use run.snapshot()"), "{v:?}");
+    assert!(parts[4].contains("save") && parts[4].contains("background run g"), "{v:?}");
+    assert!(parts[5].contains("'threads' is for background runs"), "{v:?}");
+    assert!(parts[6].contains("background run named g is still going"), "{v:?}");
+    assert_eq!(&parts[7..10], ["stopped", "stopped", "2"], "{v:?}");
+
+    let v = out(r#"
+        let h = satm(#{nets: [m2], frozen: [m], data: d, steps: 1000000, batch: 4, r_da: 0.0, background: true,
+                       threads: 1, name: "h"});
+        let e1 = err(|| { h.set(#{r_da: 0.5}); "" });
+        let e2 = err(|| { predict(m, t); "" });
+        let e3 = err(|| { h.set(#{alpha: 1.0}); "" });
+        let e4 = err(|| { h.set(#{eps: 0.001}); "" });
+        h.stop();
+        [e1, e2, e3, e4, predict(m, t).shape[0]]"#);
+    let parts = &v;
+    assert_eq!(parts.len(), 5, "{v:?}");
+    assert!(parts[0].contains("started with r_da = 0"), "{v:?}");
+    assert!(parts[1].contains("is a frozen source of background run h"), "{v:?}");
+    assert!(parts[2].contains("alpha = 1") && parts[2].contains("[0, eps"), "{v:?}");
+    assert!(parts[3].contains("below the run's alpha"), "{v:?}");
+    assert_eq!(parts[4], "2", "{v:?}");
 }

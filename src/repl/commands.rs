@@ -12,7 +12,8 @@ pub const COMMANDS: &[(&str, &[&str], &str, &str)] = &[
     (":scope", &[":s"], "", "variables (type, value), functions and modules of this session"),
     (":load", &[":l"], "FILE", "run a .rhai file into this session"),
     (":reset", &[], "", "fresh scope, no session functions, settings as at start"),
-    (":quit", &[":q", ":exit"], "", "leave the REPL (also Ctrl-D)"),
+    (":quit", &[":q", ":exit"], "", "leave the REPL (also Ctrl-D; background runs stop with a checkpoint)"),
+    (":runs", &[], "", "background runs of this session: state, threads, progress, directory"),
 ];
 
 /// Every command name and alias, for completion.
@@ -32,6 +33,7 @@ pub fn run(session: &mut Session, line: &str) -> Flow {
         Some(":help") => println!("{}", help_for(session, arg)),
         Some(":functions") => println!("{}", function_list(session, arg)),
         Some(":scope") => println!("{}", scope_listing(session)),
+        Some(":runs") => println!("{}", crate::script::api::live::runs_listing()),
         Some(":load") => {
             let path = arg.trim_matches(|c| c == '"' || c == '\'');
             if path.is_empty() {

@@ -450,10 +450,12 @@ pub fn run() -> i32 {
             Err(ReadlineError::Eof) => break,
             Err(e) => {
                 eprintln!("satm: {e}");
+                crate::script::api::live::finish_all(true);
                 return 1;
             }
         }
     }
+    crate::script::api::live::finish_all(true);
     0
 }
 

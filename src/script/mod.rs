@@ -1,5 +1,6 @@
 //! The Rhai layer: one engine setup shared by `satm run`, `satm -e`, the REPL and the tests.
 pub mod api;
+pub mod cell;
 pub mod convert;
 pub mod docs;
 pub mod state;

@@ -71,6 +71,8 @@ pub struct RunStatus {
 pub struct RunControl {
     stop: AtomicBool,
     paused: Mutex<bool>,
+    /// The loop is blocked in `wait_while_paused` (between two steps: it touches no weights).
+    parked: AtomicBool,
     resumed: Condvar,
     pending: Mutex<Vec<(String, f64)>>,
     status: Mutex<RunStatus>,
@@ -126,6 +128,7 @@ impl RunControl {
     /// The loop's side: blocks while paused (returns at once when a stop is requested).
     pub fn wait_while_paused(&self) {
         let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        self.parked.store(*p && !self.stop_requested(), Ordering::SeqCst);
         while *p && !self.stop_requested() {
             p = self
                 .resumed
@@ -133,6 +136,13 @@ impl RunControl {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        self.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the loop is blocked in `wait_while_paused` now: paused at a step boundary, so its networks may be read
+    /// (what `snapshot` of a background run waits for).
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::SeqCst)
     }
 
     /// The loop's side: the latest status and history.

@@ -14,6 +14,7 @@ pub mod steer;
 pub mod step;
 pub mod trainees;
 pub mod validate;
+pub mod watch;
 
 pub use config::{LambdaSchedule, LrSchedule, PlannedChange, SourcePolicy, TrainConfig};
 pub use history::{History, Point};

@@ -5,13 +5,13 @@ use crate::core::amp::Autocast;
 use crate::core::attacks::{self, AttackKind, AttackSpec};
 use crate::core::models::{Classifier, Net};
 use crate::script::api::models::ModelV;
+use crate::script::cell::Ref;
 use crate::script::convert::{Opts, RResult, friendly_type, guard, prefixed, script_err, str_array};
 use crate::script::docs::doc;
 use crate::script::state;
 use crate::script::types::TensorV;
 use anyhow::{Context, anyhow, bail};
 use rhai::{Array, Dynamic, Engine, Map};
-use std::cell::Ref;
 use std::path::Path;
 
 /// Builds an attack's settings from a script option map. Only the keys that mean something for `kind` are accepted
@@ -79,10 +79,7 @@ fn models_of(func: &str, v: &Dynamic) -> RResult<Vec<ModelV>> {
 fn run(func: &str, spec: &AttackSpec, models: &Dynamic, x: &TensorV, y: &TensorV) -> RResult<TensorV> {
     let models = models_of(func, models)?;
     guard(func, || {
-        let nets: Vec<Ref<Net>> = models
-            .iter()
-            .map(|m| m.0.try_borrow().map_err(|_| anyhow!("a source model is in use")))
-            .collect::<anyhow::Result<_>>()?;
+        let nets: Vec<Ref<Net>> = models.iter().map(|m| m.read()).collect::<anyhow::Result<_>>()?;
         let sources: Vec<&dyn Classifier> = nets.iter().map(|n| &**n as &dyn Classifier).collect();
         let device = sources[0].device();
         let (bf16, _) = state::with(|s| s.precision).resolve(device);

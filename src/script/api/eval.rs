@@ -16,14 +16,14 @@ use crate::core::report::Table;
 use crate::script::api::attacks::spec_from_opts;
 use crate::script::api::data::DatasetV;
 use crate::script::api::models::ModelV;
+use crate::script::cell::Ref;
 use crate::script::convert::{
     Opts, RResult, friendly_type, guard, i64_array, script_err, str_array, to_anyhow, to_f64,
 };
 use crate::script::docs::doc;
 use crate::script::state;
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use rhai::{Array, Dynamic, Engine, Map};
-use std::cell::Ref;
 
 /// Evaluation keys every evaluating function takes besides the attack's own.
 const EVAL_KEYS: [&str; 5] = ["attack", "sources", "batch", "limit", "seed"];
@@ -172,7 +172,7 @@ impl Parsed {
 }
 
 fn borrow(models: &[ModelV]) -> anyhow::Result<Vec<Ref<'_, Net>>> {
-    models.iter().map(|m| m.0.try_borrow().map_err(|_| anyhow!("a model is in use (being trained?)"))).collect()
+    models.iter().map(|m| m.read()).collect()
 }
 
 fn dyns<'a>(nets: &'a [Ref<'a, Net>]) -> Vec<&'a dyn Classifier> {
@@ -303,7 +303,7 @@ fn change_from_results(
 fn do_evaluate(m: ModelV, d: DatasetV, opts: Map) -> RResult<Map> {
     let p = parse("evaluate", opts, &[], None)?;
     guard("evaluate", || {
-        let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
+        let net = m.read()?;
         let src_nets = borrow(&p.sources)?;
         let o = p.eval_opts(&src_nets);
         let r = with_precision(net.device(), || evaluate(&*net, &d.0, &o))?;
@@ -316,7 +316,7 @@ fn do_eps_sweep(m: ModelV, d: DatasetV, mut opts: Map) -> RResult<Map> {
     let p = parse("eps_sweep", opts, &[], Some("r_step_ll"))?;
     let eps = eps_list("eps_sweep", eps)?;
     guard("eps_sweep", || {
-        let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
+        let net = m.read()?;
         let src_nets = borrow(&p.sources)?;
         let o = p.eval_opts(&src_nets);
         let (res, clean) = with_precision(net.device(), || {
@@ -565,7 +565,7 @@ rates with ε, norm, seed and every attack setting in its notes.";
             attacks: vec![],
         };
         guard("robust_eval", || {
-            let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
+            let net = m.read()?;
             Ok(with_precision(net.device(), || robust_eval(&*net, &d.0, &ro))?.table)
         })
     };
@@ -614,11 +614,8 @@ eps_factors ([0.25, 0.5, 1, 2]), tolerance (0.02), max_bad_grad (0.05), batch, l
         let limit = limit_opt(&o)?;
         let seed = seed_opt(&o)?;
         guard("masking_report", || {
-            let net = m.0.try_borrow().map_err(|_| anyhow!("the model is in use"))?;
-            let src = source
-                .as_ref()
-                .map(|s| s.0.try_borrow().map_err(|_| anyhow!("the source model is in use")))
-                .transpose()?;
+            let net = m.read()?;
+            let src = source.as_ref().map(|s| s.read()).transpose()?;
             let mo = MaskingOpts {
                 eps,
                 batch_size: batch,

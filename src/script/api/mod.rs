@@ -4,6 +4,7 @@ pub mod attacks;
 pub mod core;
 pub mod data;
 pub mod eval;
+pub mod live;
 pub mod models;
 pub mod report;
 pub mod tensor;
@@ -18,6 +19,7 @@ pub fn register_all(engine: &mut Engine) {
     models::register(engine);
     attacks::register(engine);
     train::register(engine);
+    live::register(engine);
     eval::register(engine);
     report::register(engine);
 }

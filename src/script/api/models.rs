@@ -4,24 +4,35 @@ use crate::core::device;
 use crate::core::models::spec::{CPU_ARCHS, NORM_PRESETS, TORCHVISION_ARCHS, norm_preset};
 use crate::core::models::{LoadReport, ModelSpec, Net};
 use crate::core::report::Table;
+use crate::script::cell::{Ref, RefMut, Shared};
 use crate::script::convert::{Opts, RResult, guard, script_err, str_array};
 use crate::script::docs::doc;
 use crate::script::state;
 use crate::script::types::TensorV;
 use anyhow::{Result, bail};
 use rhai::{Array, Dynamic, Engine, Map};
-use std::cell::RefCell;
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// A network as scripts see it. Assignment shares the network (like Python references); `m.clone()` deep-copies.
+/// A background run holds the networks it trains (see `script::cell`): touching one meanwhile is an error naming it.
 #[derive(Clone)]
-pub struct ModelV(pub Rc<RefCell<Net>>);
+pub struct ModelV(pub Arc<Shared<Net>>);
 
 impl ModelV {
     pub fn new(net: Net) -> ModelV {
-        ModelV(Rc::new(RefCell::new(net)))
+        ModelV(Arc::new(Shared::new(net)))
+    }
+
+    /// Shared access, or an error saying who has the network (a background run: which one, and what to do).
+    pub fn read(&self) -> Result<Ref<'_, Net>> {
+        Ok(self.0.try_borrow()?)
+    }
+
+    /// Exclusive access, or an error saying who has the network.
+    pub fn write(&self) -> Result<RefMut<'_, Net>> {
+        Ok(self.0.try_borrow_mut()?)
     }
 }
 
@@ -36,7 +47,7 @@ impl std::fmt::Display for ModelV {
                 n.param_count(),
                 device::device_name(n.device())
             ),
-            Err(_) => write!(f, "Model[busy]"),
+            Err(_) => write!(f, "Model[busy: {}]", self.0.held_by().unwrap_or_else(|| "in use".into())),
         }
     }
 }
@@ -124,7 +135,7 @@ fn input(net: &Net, x: &Tensor) -> Result<Tensor> {
 
 fn infer(m: &ModelV, name: &str, x: &TensorV, f: impl FnOnce(&Net, &Tensor) -> Result<Tensor>) -> RResult<TensorV> {
     guard(name, || {
-        let net = m.0.try_borrow().map_err(|_| anyhow::anyhow!("the model is in use"))?;
+        let net = m.read()?;
         let x = input(&net, &x.0)?;
         let _g = tch::no_grad_guard();
         Ok(TensorV(f(&net, &x)?))
@@ -133,14 +144,14 @@ fn infer(m: &ModelV, name: &str, x: &TensorV, f: impl FnOnce(&Net, &Tensor) -> R
 
 fn with_mut<T>(m: &ModelV, name: &str, f: impl FnOnce(&mut Net) -> Result<T>) -> RResult<T> {
     guard(name, || {
-        let mut net = m.0.try_borrow_mut().map_err(|_| anyhow::anyhow!("the model is in use"))?;
+        let mut net = m.write()?;
         f(&mut net)
     })
 }
 
 fn with_ref<T>(m: &ModelV, name: &str, f: impl FnOnce(&Net) -> Result<T>) -> RResult<T> {
     guard(name, || {
-        let net = m.0.try_borrow().map_err(|_| anyhow::anyhow!("the model is in use"))?;
+        let net = m.read()?;
         f(&net)
     })
 }

@@ -7,12 +7,12 @@ use crate::core::train::optim::OptimizerKind;
 use crate::core::train::{self, TrainResult};
 use crate::script::api::data::DatasetV;
 use crate::script::api::models::ModelV;
+use crate::script::cell::{Ref, RefMut};
 use crate::script::convert::{Opts, RResult, friendly_type, guard, json_to_dynamic, script_err, to_anyhow, to_f64};
 use crate::script::docs::doc;
 use crate::script::state;
 use anyhow::{Result, bail};
 use rhai::{Array, Dynamic, Engine, Map};
-use std::cell::RefMut;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -48,6 +48,8 @@ const COMMON: &[&str] = &[
     "progress",
     "guard",
     "steer",
+    "background",
+    "threads",
 ];
 /// Options only satm() takes.
 const SATM_ONLY: &[&str] = &[
@@ -273,8 +275,10 @@ fn borrow_all<'a>(models: &'a [ModelV], what: &str) -> Result<Vec<RefMut<'a, cra
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            m.0.try_borrow_mut()
-                .map_err(|_| anyhow::anyhow!("{what}[{i}] is the same model as another one in this call"))
+            m.0.try_borrow_mut().map_err(|e| match e.held() {
+                true => anyhow::Error::from(e),
+                false => anyhow::anyhow!("{what}[{i}] is the same model as another one in this call"),
+            })
         })
         .collect()
 }
@@ -286,14 +290,19 @@ fn do_train(
     nets: Vec<ModelV>,
     frozen: Vec<ModelV>,
     data: DatasetV,
-) -> Result<TrainResultV> {
+) -> Result<Dynamic> {
     let cfg = build_config(&o, satm)?;
+    let background = o.bool_or("background", false).map_err(to_anyhow)?;
+    let threads = o.usize_or("threads", 0).map_err(to_anyhow)?;
+    if o.has("threads") && !background {
+        bail!("{func}: option 'threads' is for background runs; set the session's with threads(n)");
+    }
     let val: Option<DatasetV> = o.opt_item::<DatasetV>("val", "Dataset").map_err(to_anyhow)?;
     // An empty string means "no resume", so scripts can pass `param("resume", "")` through.
     let resume = o.opt_str("resume").map_err(to_anyhow)?.filter(|s| !s.is_empty()).map(PathBuf::from);
     let progress = o.bool_or("progress", true).map_err(to_anyhow)? && !state::quiet();
     for f in &frozen {
-        if nets.iter().any(|n| std::rc::Rc::ptr_eq(&n.0, &f.0)) {
+        if nets.iter().any(|n| std::sync::Arc::ptr_eq(&n.0, &f.0)) {
             bail!("{func}: a model is both in nets and in frozen");
         }
     }
@@ -301,12 +310,22 @@ fn do_train(
         Some(r) if r.join("run.json").is_file() => r.clone(),
         _ => run_dir(&o, if satm { "satm" } else { "train" })?,
     };
+    if background {
+        let launch = crate::script::api::live::Launch {
+            kind: if satm { "satm" } else { "train" },
+            cfg,
+            nets,
+            frozen,
+            data: &data.0,
+            val: val.as_ref().map(|v| &*v.0),
+            dir,
+            resume,
+            threads: (threads > 0).then_some(threads),
+        };
+        return Ok(Dynamic::from(crate::script::api::live::spawn(launch)?));
+    }
     let mut tr = borrow_all(&nets, "nets")?;
-    let fr: Vec<std::cell::Ref<crate::core::models::Net>> = frozen
-        .iter()
-        .enumerate()
-        .map(|(i, m)| m.0.try_borrow().map_err(|_| anyhow::anyhow!("frozen[{i}] is in use")))
-        .collect::<Result<_>>()?;
+    let fr: Vec<Ref<crate::core::models::Net>> = frozen.iter().map(|m| m.read()).collect::<Result<_>>()?;
     let res = train::run(train::Run {
         trainees: tr.iter_mut().map(|r| &mut **r).collect(),
         frozen: fr.iter().map(|r| &**r).collect(),
@@ -318,7 +337,7 @@ fn do_train(
         progress,
         control: None,
     })?;
-    Ok(TrainResultV(std::rc::Rc::new(res)))
+    Ok(Dynamic::from(TrainResultV(std::rc::Rc::new(res))))
 }
 
 fn summary_table(r: &TrainResult) -> Table {
@@ -373,36 +392,38 @@ pub fn register(engine: &mut Engine) {
     doc(
         "train",
         &["net: Model", "data: Dataset", "opts: Map"],
-        "TrainResult",
+        "TrainResult | Run",
         "Standard (clean) training of one network: the paper's fine-tuning step and undefended baselines.\n\
          Options: steps | epochs, batch, lr, optimizer (\"sgd\"|\"adam\"), momentum, weight_decay, nesterov,\n\
          lr_schedule (\"constant\"|\"cosine\"|\"dann\"|#{every, gamma}), val (Dataset), eval_every, val_batches,\n\
          patience (early stopping), keep_best, augment, seed, precision, channels_last, log_every,\n\
          checkpoint_every, name (run sub-directory), resume (run or checkpoint dir), progress, config (RON preset), guard,\n\
-         steer ([#{step: 5, lr: 0.01}, ...]: planned changes of r_adv, r_da, lambda, lr, eps, alpha at given steps).",
+         steer ([#{step: 5, lr: 0.01}, ...]: planned changes of r_adv, r_da, lambda, lr, eps, alpha at given steps),\n\
+         background (true: return a Run at once and train on its own thread; see :help status), threads (a\n\
+         background run's intra-op CPU threads; default the session's).",
     )
-    .register_into_engine(engine, |net: ModelV, data: DatasetV, opts: Map| -> RResult<TrainResultV> {
+    .register_into_engine(engine, |net: ModelV, data: DatasetV, opts: Map| -> RResult<Dynamic> {
         let valid: Vec<&str> = COMMON.to_vec();
         let o = Opts::new("train", opts, &valid)?;
         guard("train", || do_train("train", o, false, vec![net], vec![], data))
     });
     doc("train", &["net: Model", "data: Dataset"], "TrainResult", "Standard training with default options.")
-        .register_into_engine(engine, |net: ModelV, data: DatasetV| -> RResult<TrainResultV> {
+        .register_into_engine(engine, |net: ModelV, data: DatasetV| -> RResult<Dynamic> {
             guard("train", || do_train("train", Opts::empty("train"), false, vec![net], vec![], data))
         });
     doc(
         "satm",
         &["opts: Map"],
-        "TrainResult",
+        "TrainResult | Run",
         "Simultaneous Adversarial Training (Algorithm 1) of the networks in `nets`, with optional `frozen` sources\n\
          (frozen only = Ensemble Adversarial Training). Each step every trainee trains on clean data + r_adv × CE on\n\
          adversarial examples crafted on a source network (never itself) + r_da × DA loss through a gradient reversal layer.\n\
          Options: nets (array of Models, required), frozen, data (Dataset, required), val, r_adv (1.0), r_da (0.1),\n\
          white_box (0), eps (16/256), alpha (eps/2), attack (\"r_step_ll\"), target (\"true\" = the paper's Algorithm 1 |\n\
          \"least_likely\" = Tramèr), sources (\"round_robin\" | \"random\" | \"all\" | [[1],[0]]), lambda (number | \"dann\"),\n\
-         da_hidden (256), and every option of train().",
+         da_hidden (256), and every option of train() (background: true returns a Run at once).",
     )
-    .register_into_engine(engine, |opts: Map| -> RResult<TrainResultV> {
+    .register_into_engine(engine, |opts: Map| -> RResult<Dynamic> {
         let valid: Vec<&str> = COMMON.iter().chain(SATM_ONLY).copied().collect();
         let o = Opts::new("satm", opts, &valid)?;
         let nets = o.items::<ModelV>("nets", "Model")?;
