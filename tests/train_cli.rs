@@ -85,7 +85,12 @@ fn sigkilled_run_resumes_onto_the_uninterrupted_trajectory() {
                 // Integer buffers exactly: a resume that restarts BN's counters ends with fewer batches tracked.
                 counters += 1;
                 let v = |t: &tch::Tensor| Vec::<i64>::try_from(&t.flatten(0, -1)).unwrap();
-                assert!(p.equal(q), "{net}.{n}: {:?} after resuming from step {killed_at}, {:?} uninterrupted", v(q), v(p));
+                assert!(
+                    p.equal(q),
+                    "{net}.{n}: {:?} after resuming from step {killed_at}, {:?} uninterrupted",
+                    v(q),
+                    v(p)
+                );
             }
         }
     }
