@@ -1156,7 +1156,8 @@ fn samples(func: &str, ty: &str) -> Option<Vec<String>> {
         "Tensor" => vec!["t", "y", "zeros([0])", "rand([3])", "t.max()"],
         "int" => vec!["1", "0", "-1", "1099511627776"],
         "float" => vec!["0.5", "0.0", "nan", "-inf"],
-        "string" => vec!["\"x\"", "\"\""],
+        // A string may be a path that a function writes to: under the test's temporary directory.
+        "string" => vec!["tmp + \"/x\"", "\"\""],
         "Map" => vec![base_opts(func), "#{zz_bogus: 1}"],
         "Array" => vec!["[]", "[1, 2]", "[t, t]", "[m, m2]", "[\"x\"]"],
         "bool" => vec!["true", "false"],
@@ -1170,7 +1171,7 @@ fn samples(func: &str, ty: &str) -> Option<Vec<String>> {
         "TrainResult" => vec!["r"],
         "char" => vec!["'x'"],
         "()" => vec!["()"],
-        "Dynamic" => vec!["0.5", "\"x\"", "t", "#{}", "()"],
+        "Dynamic" => vec!["0.5", "tmp + \"/y\"", "t", "#{}", "()"],
         _ => return None,
     };
     Some(v.into_iter().map(String::from).collect())
