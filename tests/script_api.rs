@@ -61,6 +61,34 @@ const FIXTURES: &str = r#"
     let inf = parse_float("inf");
 "#;
 
+/// Every panic in this process, caught or not (a registered function's `guard` turns a panic into a script error:
+/// still a bug, which the cases below must see). Filled by the hook `count_panics` installs.
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Installs, once, a panic hook that records each panic's message and place, then defers to the hook before it
+/// (satm's quiet one).
+fn count_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            PANICS.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{}{at}", short(&msg)));
+            before(info);
+        }));
+    });
+}
+
+fn panics_so_far() -> usize {
+    PANICS.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
+
 fn setup() -> Fx {
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
@@ -70,6 +98,7 @@ fn setup() -> Fx {
         s.quiet = true;
     });
     let engine = satm::script::new_engine();
+    count_panics();
     let mut scope = Scope::new();
     scope.push_constant("tmp", dir.path().display().to_string());
     if let Err(e) = engine.run_with_scope(&mut scope, FIXTURES) {
@@ -80,16 +109,30 @@ fn setup() -> Fx {
 
 impl Fx {
     /// Evaluates `code` in a copy of the fixture scope (cases cannot disturb each other's variables).
+    /// A panic caught inside (by `guard`, which reports it as an ordinary error) is an `Outcome::Panic` too.
     fn eval(&self, code: &str) -> Outcome {
+        self.eval_value(code).0
+    }
+
+    fn eval_value(&self, code: &str) -> (Outcome, Option<Dynamic>) {
         let mut scope = self.scope.clone();
-        match catch_unwind(AssertUnwindSafe(|| self.engine.eval_with_scope::<Dynamic>(&mut scope, code))) {
-            Ok(Ok(v)) => Outcome::Ok(format!("{} {}", v.type_name(), short(&v.to_string()))),
-            Ok(Err(e)) => Outcome::Err(satm::script::format_error(&e, code, "<case>")),
-            Err(p) => Outcome::Panic(
-                p.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "non-string panic".into()),
+        let before = panics_so_far();
+        let res = catch_unwind(AssertUnwindSafe(|| self.engine.eval_with_scope::<Dynamic>(&mut scope, code)));
+        let caught: Vec<String> = PANICS.lock().unwrap_or_else(|e| e.into_inner())[before..].to_vec();
+        if let (Ok(_), Some(first)) = (&res, caught.first()) {
+            return (Outcome::Panic(format!("caught by guard: {first}")), None);
+        }
+        match res {
+            Ok(Ok(v)) => (Outcome::Ok(format!("{} {}", v.type_name(), short(&v.to_string()))), Some(v)),
+            Ok(Err(e)) => (Outcome::Err(satm::script::format_error(&e, code, "<case>")), None),
+            Err(p) => (
+                Outcome::Panic(
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "non-string panic".into()),
+                ),
+                None,
             ),
         }
     }
@@ -238,14 +281,8 @@ fn accepted(ty: &str) -> &'static [&'static str] {
 
 /// A valid value of a documented type (the fixtures), with overrides where a function needs a particular string.
 fn valid_value(func: &str, pname: &str, ty: &str) -> String {
-    match (func, pname) {
-        ("attack" | "describe_attack", "name") => return "\"fgsm\"".into(),
-        ("model", "arch") => return "\"vgg_s\"".into(),
-        ("device" | "to", _) if ty == "&str" => return "\"cpu\"".into(),
-        ("precision", "p") => return "\"fp32\"".into(),
-        ("table_eps", "models") => return "[m]".into(),
-        (_, "path") => return format!("tmp + \"/{func}_out.png\""),
-        _ => {}
+    if let Some(v) = override_for(func, pname, ty) {
+        return v;
     }
     match ty {
         "Tensor" => "t",
@@ -268,6 +305,19 @@ fn valid_value(func: &str, pname: &str, ty: &str) -> String {
         other => panic!("no fixture for parameter type '{other}'"),
     }
     .into()
+}
+
+/// The valid value of a parameter that needs a particular one (an attack's name, a model's architecture, a path).
+fn override_for(func: &str, pname: &str, ty: &str) -> Option<String> {
+    Some(match (func, pname) {
+        ("attack" | "describe_attack", "name") => "\"fgsm\"".into(),
+        ("model", "arch") => "\"vgg_s\"".into(),
+        ("device" | "to", _) if ty == "&str" || ty == "string" => "\"cpu\"".into(),
+        ("precision", "p") => "\"fp32\"".into(),
+        ("table_eps", "models") => "[m]".into(),
+        (_, "path") => format!("tmp + \"/{func}_out.png\""),
+        _ => return None,
+    })
 }
 
 /// Wrong values to try: (expression, Rhai type name).
@@ -1126,4 +1176,282 @@ fn background_runs_report_failures_locks_and_bad_steering() {
     assert!(parts[2].contains("alpha = 1") && parts[2].contains("[0, eps"), "{v:?}");
     assert!(parts[3].contains("below the run's alpha"), "{v:?}");
     assert_eq!(parts[4], "2", "{v:?}");
+// ---------------------------------------------------------------- the metadata sweep
+
+/// One registered function as rhai's metadata describes it: name and parameter types.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Registered {
+    name: String,
+    types: Vec<String>,
+    params: Vec<String>,
+}
+
+/// Every function the engine has registered beyond Rhai's standard packages (satm's functions, methods, property
+/// getters and setters, indexers and operators), from `Engine::gen_fn_metadata_to_json`.
+fn registered(engine: &Engine) -> Vec<Registered> {
+    let json: serde_json::Value = serde_json::from_str(&engine.gen_fn_metadata_to_json(false).unwrap()).unwrap();
+    let mut out: Vec<Registered> = json["functions"]
+        .as_array()
+        .expect("metadata lists functions")
+        .iter()
+        .map(|f| Registered {
+            name: f["name"].as_str().unwrap().to_string(),
+            types: f["params"]
+                .as_array()
+                .map(|ps| ps.iter().map(|p| plain_type(p["type"].as_str().unwrap_or("?"))).collect())
+                .unwrap_or_default(),
+            params: f["params"]
+                .as_array()
+                .map(|ps| ps.iter().map(|p| p["name"].as_str().unwrap_or("").to_string()).collect())
+                .unwrap_or_default(),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `&mut Tensor` / `&str` / `ImmutableString` / `i64` → the type's sample key.
+fn plain_type(t: &str) -> String {
+    let t = t.trim().trim_start_matches("&mut ").trim_start_matches('&').trim();
+    match t {
+        "str" | "String" | "ImmutableString" | "string" => "string".into(),
+        "i64" | "INT" => "int".into(),
+        "f64" | "FLOAT" => "float".into(),
+        "rhai::Map" | "Map" | "map" => "Map".into(),
+        "rhai::Array" | "Array" | "Vec<Dynamic>" | "array" => "Array".into(),
+        "rhai::Dynamic" | "Dynamic" | "?" | "" => "Dynamic".into(),
+        other => other.rsplit("::").next().unwrap_or(other).to_string(),
+    }
+}
+
+/// Sample arguments per parameter type, the first a valid value: fixtures of the scope and literals. Types this
+/// table does not know get samples from the values the sweep's own calls return (a new type of another domain is
+/// swept once some function returns one).
+fn samples(func: &str, ty: &str) -> Option<Vec<String>> {
+    let v: Vec<&str> = match ty {
+        "Tensor" => vec!["t", "y", "zeros([0])", "rand([3])", "t.max()"],
+        "int" => vec!["1", "0", "-1", "1099511627776"],
+        "float" => vec!["0.5", "0.0", "nan", "-inf"],
+        // A string may be a path that a function writes to: under the test's temporary directory.
+        "string" => vec!["tmp + \"/x\"", "\"\""],
+        "Map" => vec![base_opts(func), "#{zz_bogus: 1}"],
+        "Array" => vec!["[]", "[1, 2]", "[t, t]", "[m, m2]", "[\"x\"]"],
+        "bool" => vec!["true", "false"],
+        "Model" => vec!["m"],
+        "Model|Array" | "Model | Array" => vec!["m", "[m, m2]", "[]", "[1]"],
+        "Dataset" => vec!["d", "e"],
+        "Table" => vec!["tb"],
+        "History" => vec!["h"],
+        "Batches" => vec!["bs"],
+        "Batch" => vec!["b"],
+        "TrainResult" => vec!["r"],
+        "char" => vec!["'x'"],
+        "()" => vec!["()"],
+        "Dynamic" => vec!["0.5", "tmp + \"/y\"", "t", "#{}", "()"],
+        _ => return None,
+    };
+    Some(v.into_iter().map(String::from).collect())
+}
+
+const BINARY_OPS: &[&str] = &["+", "-", "*", "/", "%", "**", "==", "!=", "<", ">", "<=", ">=", "&", "|", "^"];
+
+/// The script text that reaches registered function `name` with `args`: operators as operators, `get$p`/`set$p`
+/// as properties, `index$get$`/`index$set$` as `[]`, everything else as a call.
+fn reach(name: &str, args: &[String]) -> String {
+    let paren = |a: &String| format!("({a})");
+    if let Some(p) = name.strip_prefix("get$") {
+        return format!("{}.{p}", paren(&args[0]));
+    }
+    if let Some(p) = name.strip_prefix("set$") {
+        return format!("let __a = {}; __a.{p} = {}; __a", args[0], args[1]);
+    }
+    match (name, args.len()) {
+        ("index$get$", 2) => format!("{}[{}]", paren(&args[0]), args[1]),
+        ("index$set$", 3) => format!("let __a = {}; __a[{}] = {}; __a", args[0], args[1], args[2]),
+        ("-" | "!" | "+", 1) => format!("{name}{}", paren(&args[0])),
+        (op, 2) if BINARY_OPS.contains(&op) => format!("{} {op} {}", paren(&args[0]), paren(&args[1])),
+        _ => call(name, args),
+    }
+}
+
+/// What an error of `name` must mention so the user sees which function failed.
+fn shown_name(name: &str) -> String {
+    name.strip_prefix("get$")
+        .or_else(|| name.strip_prefix("set$"))
+        .map(String::from)
+        .unwrap_or_else(|| if name.starts_with("index$") { "index".into() } else { name.to_string() })
+}
+
+/// A case that runs longer than this is stopped through satm's Ctrl-C flag (and reported).
+const CASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs one case with a watchdog that requests cancellation after CASE_LIMIT.
+fn timed(fx: &Fx, code: &str) -> (Outcome, Option<Dynamic>, bool) {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (d, f) = (done.clone(), fired.clone());
+    let dog = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        while !d.load(std::sync::atomic::Ordering::SeqCst) {
+            if t0.elapsed() > CASE_LIMIT {
+                f.store(true, std::sync::atomic::Ordering::SeqCst);
+                satm::core::cancel::request();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    let (o, v) = fx.eval_value(code);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    dog.join().unwrap();
+    satm::core::cancel::reset();
+    (o, v, fired.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Every function rhai's metadata lists (satm's, and whatever other domains register later) is called with sample
+/// arguments of its declared types — first all valid, then each argument in turn replaced by the other samples of
+/// its type — plus every operator and `[]` on every pair of satm values. No case may panic, not even one that
+/// `guard` catches; an error must name the function. Asserts that every registered function was swept and how
+/// many cases ran.
+#[test]
+fn metadata_sweep_calls_every_registered_function_operator_and_indexer() {
+    let mut fx = setup();
+    write_bad_files(&fx);
+    let all = registered(&fx.engine);
+    let mut rep = Report::default();
+    let mut learned: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut swept: BTreeSet<Registered> = BTreeSet::new();
+    let mut seen_codes: BTreeSet<String> = BTreeSet::new();
+    let mut stopped: Vec<String> = vec![];
+    // Passes: a function whose parameter type has no sample yet waits until some call has returned one.
+    for _pass in 0..3 {
+        let mut new_values: Vec<(String, Dynamic)> = vec![];
+        for f in &all {
+            if swept.contains(f) {
+                continue;
+            }
+            let options: Option<Vec<Vec<String>>> = f
+                .types
+                .iter()
+                .zip(&f.params)
+                .map(|(t, p)| {
+                    let mut o = samples(&f.name, t).or_else(|| learned.get(t).cloned())?;
+                    if let Some(v) = override_for(&f.name, p, t) {
+                        o.insert(0, v);
+                    }
+                    Some(o)
+                })
+                .collect();
+            let Some(options) = options else { continue };
+            swept.insert(f.clone());
+            let base: Vec<String> = options.iter().map(|o| o[0].clone()).collect();
+            let mut variants = vec![base.clone()];
+            for (i, o) in options.iter().enumerate() {
+                for alt in &o[1..] {
+                    let mut v = base.clone();
+                    v[i] = alt.clone();
+                    variants.push(v);
+                }
+            }
+            for args in variants {
+                let code = reach(&f.name, &args);
+                if !seen_codes.insert(code.clone()) {
+                    continue;
+                }
+                rep.cases += 1;
+                let (outcome, value, fired) = timed(&fx, &code);
+                if fired {
+                    stopped.push(code.clone());
+                }
+                match outcome {
+                    Outcome::Ok(_) => {
+                        if let Some(v) = value {
+                            let ty = plain_type(fx.engine.map_type_name(v.type_name()));
+                            if samples(&f.name, &ty).is_none() && !learned.contains_key(&ty) {
+                                new_values.push((ty, v));
+                            }
+                        }
+                    }
+                    Outcome::Err(msg) => {
+                        let want = shown_name(&f.name);
+                        let first = msg.lines().next().unwrap_or("");
+                        // Rhai's own dispatch errors for sample types the function does not take name it as well.
+                        if !first.to_lowercase().contains(&want.to_lowercase()) && !fired {
+                            rep.failures.push(format!("{code}\n    error does not name {want}: {}", short(&msg)));
+                        }
+                    }
+                    Outcome::Panic(p) => rep.failures.push(format!("{code}\n    PANIC: {}", short(&p))),
+                }
+            }
+        }
+        if new_values.is_empty() {
+            break;
+        }
+        for (ty, v) in new_values {
+            if learned.contains_key(&ty) {
+                continue;
+            }
+            let var = format!("__sample_{}", learned.len());
+            fx.scope.push_dynamic(var.clone(), v);
+            learned.insert(ty, vec![var]);
+        }
+    }
+    // Operators and indexing on every pair of satm values (registered or not: an unregistered pair is Rhai's
+    // "function not found", which must not be a panic either).
+    let values = ["t", "y", "m", "d", "e", "tb", "h", "bs", "b", "r", "ev", "1", "0.5", "\"x\"", "[1]", "#{a: 1}"];
+    let mut op_cases = 0;
+    for a in values {
+        for b in values {
+            for op in ["+", "-", "*", "/", "==", "!=", "<", ">", "<=", ">="] {
+                rep.expect_no_panic(&fx, op, &format!("({a}) {op} ({b})"));
+                op_cases += 1;
+            }
+            for f in ["maximum", "minimum", "max", "min"] {
+                rep.expect_no_panic(&fx, f, &format!("{f}({a}, {b})"));
+                op_cases += 1;
+            }
+        }
+        for code in [format!("-({a})"), format!("!({a})")] {
+            rep.expect_no_panic(&fx, "", &code);
+            op_cases += 1;
+        }
+        for i in ["0", "-1", "99", "1099511627776", "\"x\"", "0.5"] {
+            rep.expect_no_panic(&fx, "", &format!("({a})[{i}]"));
+            op_cases += 1;
+        }
+    }
+    let missing: Vec<String> = all.iter().filter(|f| !swept.contains(f)).map(|f| format!("{f:?}")).collect();
+    eprintln!(
+        "metadata sweep: {} registered functions (distinct name and parameter types), {} swept, {} cases \
+         ({} operator/indexing), {} types learned from return values, {} cases stopped after {:?}",
+        all.len(),
+        swept.len(),
+        rep.cases,
+        op_cases,
+        learned.len(),
+        stopped.len(),
+        CASE_LIMIT
+    );
+    for s in &stopped {
+        eprintln!("  stopped: {s}");
+    }
+    // The quiet panic hook hides assertion messages: print what is missing first.
+    for m in &missing {
+        eprintln!("  not swept: {m}");
+    }
+    for (ty, var) in &learned {
+        eprintln!("  type {ty} swept with a value a call returned ({})", var.join(", "));
+    }
+    assert!(
+        missing.is_empty(),
+        "{} registered functions were not swept (no sample of a parameter type: add one to samples()):\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
+    assert_eq!(swept.len(), all.len());
+    // A metadata reader that found next to nothing would sweep nothing: satm registers hundreds of functions.
+    assert!(all.len() >= 200, "only {} registered functions in the metadata", all.len());
+    assert_eq!(op_cases, values.len() * values.len() * 14 + values.len() * 8);
+    rep.finish("metadata sweep");
 }

@@ -225,7 +225,13 @@ pub fn register(engine: &mut Engine) {
                     bail!("n must be >= 0, got {n}");
                 }
                 mem::check("arange", &[n], Kind::Int64, state::device())?;
-                Ok(TensorV(Tensor::f_arange(n, (Kind::Int64, state::device()))?))
+                // Not f_arange: when its allocation fails, dropping its temporary Scalar panics (libtorch's error
+                // is still pending); ones and cumsum take no Scalar and fail cleanly, the in-place -1 allocates nothing.
+                let ones = Tensor::f_ones([n], (Kind::Int64, state::device()))?;
+                let mut r = ones.f_cumsum(0, Kind::Int64)?;
+                drop(ones);
+                let _ = r.f_sub_scalar_(1)?;
+                Ok(TensorV(r))
             })
         },
     );
