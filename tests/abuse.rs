@@ -239,6 +239,7 @@ fn endless_loops_and_huge_allocations_end_in_errors_and_the_session_keeps_its_va
     r.line("t.sum().item()", "2");
     r.keys("\x04");
     assert_eq!(r.exit_code(), 0);
+    assert_eq!(faults, 12);
     println!(
         "faults: REPL: {faults} endless loops and oversized allocations ended in errors or Ctrl-C; variables kept; 0 aborts"
     );

@@ -500,6 +500,7 @@ print(`pixels ${d.images.to_array()}`);"#,
         }
         assert_eq!(std::fs::read(&file).unwrap(), good, "cache {what}: not rebuilt");
     }
+    assert_eq!(injected, 5);
     println!(
         "faults: data cache: {injected} damaged cache files (3 bit flips, 1 truncation, 1 deletion) detected and \
          rebuilt with the same pixels; files lost: 0"
@@ -618,8 +619,9 @@ fn a_full_disk_fails_the_write_clearly_and_keeps_the_previous_files() {
             assert!(t.contains(target), "{stage}: the error does not name {target}: {t}");
         }
     }
-    // The kept checkpoint still resumes, without falling back.
+    // The kept checkpoint is still complete.
     assert!(checkpoint_complete(&step_dir(&run, 3)).is_ok());
+    assert_eq!(cases, 4);
     println!(
         "faults: disk full (RLIMIT_FSIZE): {cases} writes failed (checkpoint, table, plot, results.json) with a clear \
          error; previous files intact, no temporary files left; files lost: 0"
@@ -749,6 +751,7 @@ fn two_grid_processes_on_one_directory_are_refused_and_a_killed_one_releases_it(
         assert!(t.contains(&holder), "{args:?}: {t}");
         refused += 1;
     }
+    assert_eq!(refused, 3);
     assert_eq!(std::fs::read(g.join("grid.json")).unwrap(), grid_json, "grid.json changed under its holder");
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(point, libc::SIGCONT) }, 0);

@@ -67,8 +67,13 @@ pub fn ceiling(device: Device) -> Option<(u64, String)> {
     }
     match device {
         Device::Cuda(i) => {
-            let d = crate::core::device::cuda_devices().into_iter().find(|d| d.index == i)?;
-            (d.memory_bytes > 0).then(|| (d.memory_bytes, format!("the memory of cuda:{i}")))
+            // Asked once: the driver query is not free, and the total does not change.
+            static CUDA: std::sync::OnceLock<Vec<(usize, u64)>> = std::sync::OnceLock::new();
+            let devs = CUDA.get_or_init(|| {
+                crate::core::device::cuda_devices().into_iter().map(|d| (d.index, d.memory_bytes)).collect()
+            });
+            let &(_, bytes) = devs.iter().find(|d| d.0 == i)?;
+            (bytes > 0).then(|| (bytes, format!("the memory of cuda:{i}")))
         }
         _ => {
             let avail = match (meminfo_available(), cgroup_available()) {
