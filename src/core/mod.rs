@@ -7,5 +7,7 @@ pub mod device;
 pub mod eval;
 pub mod fsutil;
 pub mod models;
+pub mod paths;
 pub mod report;
+pub mod tensorio;
 pub mod train;
