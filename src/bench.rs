@@ -224,9 +224,15 @@ pub fn venv_python() -> PathBuf {
 /// (it is killed) — a mode the CPU only emulates must not hold the bench for 20 minutes.
 fn run_json(cmd: &mut Command, what: &str, timeout: u64) -> Result<Option<serde_json::Value>> {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
-    let mut child =
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {what}"))?;
+    // Its own process group, so a timeout stops whatever it started too (and nothing keeps the pipes open).
+    let mut child = cmd
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
     let pipe = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut s = String::new();
@@ -239,18 +245,22 @@ fn run_json(cmd: &mut Command, what: &str, timeout: u64) -> Result<Option<serde_
     let out_t = pipe(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
     let err_t = pipe(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
     let start = std::time::Instant::now();
+    let stop = |child: &mut std::process::Child| {
+        // SAFETY: kill(2) on the child's process group (its pid, made a group leader above); no memory is touched.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = child.kill();
+        let _ = child.wait();
+    };
     let status = loop {
         if let Some(st) = child.try_wait()? {
             break Some(st);
         }
         if crate::core::cancel::is_cancelled() {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(&mut child);
             bail!("cancelled by Ctrl-C");
         }
         if start.elapsed().as_secs() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(&mut child);
             break None;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
