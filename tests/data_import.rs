@@ -198,6 +198,17 @@ fn utkface_folders_and_damaged_input() {
     let r = import_utkface(&folder, &opts(&dest)).unwrap();
     assert_eq!((r.images, r.report.kept), (30, per.values().sum()));
     assert_eq!(r.report.dropped_total(), gap);
+    // A folder of symlinks (e.g. into a read-only copy): the import holds the files, not the links.
+    let linked = dir.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    for f in &files[..5] {
+        std::os::unix::fs::symlink(f, linked.join(f.file_name().unwrap())).unwrap();
+    }
+    let dest_l = dir.path().join("data_l");
+    assert_eq!(import_utkface(&linked, &opts(&dest_l)).unwrap().images, 5);
+    let got = dest_l.join("utkface/images").join(files[0].file_name().unwrap());
+    assert!(std::fs::symlink_metadata(&got).unwrap().file_type().is_file());
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&files[0]).unwrap());
 
     // A corrupt member: a .jpg whose bytes are not a JPEG. An error naming it, and nothing written.
     let mut members: Vec<(String, Vec<u8>)> = files

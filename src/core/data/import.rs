@@ -226,8 +226,9 @@ fn bring_in(
                 let rel = p.strip_prefix(base).unwrap_or(&p);
                 let comps: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
                 if let Some(out) = take(&comps, &mut skipped) {
-                    // A hard link costs no space; across file systems, a copy.
-                    if std::fs::hard_link(&p, &out).is_err() {
+                    // A hard link (to the file itself, not to a symlink) costs no space; across file systems, a copy.
+                    let real = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+                    if std::fs::hard_link(&real, &out).is_err() {
                         std::fs::copy(&p, &out)
                             .with_context(|| format!("copying {} to {}", p.display(), out.display()))?;
                     }
