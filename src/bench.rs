@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Seconds one run (satm or PyTorch) may take; a run over it is stopped and its cell reads "timed out".
     #[arg(long, default_value_t = 240)]
     pub run_timeout: u64,
+    /// Seconds per architecture after which no further round starts (every mode always gets its first round).
+    #[arg(long, default_value_t = 150)]
+    pub budget: u64,
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -419,32 +422,36 @@ fn load_average() -> Option<[f64; 3]> {
 /// side that ran over --run-timeout gives `{"timed_out": true}` and is not run again for that mode.
 type ModeResult = (Mode, Option<serde_json::Value>, Option<serde_json::Value>);
 
-fn bench_arch(a: &BenchArgs, modes: &[Mode]) -> Result<Vec<ModeResult>> {
+fn bench_arch(a: &BenchArgs, modes: &[Mode], rounds_run: &mut usize) -> Result<Vec<ModeResult>> {
     let timed_out = || Some(serde_json::json!({"timed_out": true}));
-    let mut results = vec![];
-    for &m in modes {
-        let (mut s, mut r) = (vec![], vec![]);
-        let (mut s_over, mut r_over) = (false, false);
-        for _ in 0..a.rounds {
-            if !s_over {
+    let start = std::time::Instant::now();
+    let n = modes.len();
+    let (mut s, mut r) = (vec![vec![]; n], vec![vec![]; n]);
+    let (mut s_over, mut r_over) = (vec![false; n], vec![false; n]);
+    // Round by round over every mode, so a spent --budget still leaves one measurement of each.
+    for round in 0..a.rounds {
+        if round > 0 && start.elapsed().as_secs() >= a.budget {
+            break;
+        }
+        *rounds_run = round + 1;
+        for (i, m) in modes.iter().enumerate() {
+            if !s_over[i] {
                 match satm_run(a, if m.bf16 { "bf16" } else { "fp32" }, m.channels_last)? {
-                    Some(v) => s.push(v),
-                    None => s_over = true,
+                    Some(v) => s[i].push(v),
+                    None => s_over[i] = true,
                 }
             }
-            if !a.no_ref && !r_over {
+            if !a.no_ref && !r_over[i] {
                 match ref_run(a, m.bf16, m.channels_last)? {
-                    Some(v) => r.push(v),
-                    None => r_over = true,
+                    Some(v) => r[i].push(v),
+                    None => r_over[i] = true,
                 }
             }
         }
-        let pick = |runs: &[serde_json::Value], over: bool| {
-            best(runs).cloned().or_else(|| if over { timed_out() } else { None })
-        };
-        results.push((m, pick(&s, s_over), pick(&r, r_over)));
     }
-    Ok(results)
+    let pick =
+        |runs: &[serde_json::Value], over: bool| best(runs).cloned().or_else(|| if over { timed_out() } else { None });
+    Ok((0..n).map(|i| (modes[i], pick(&s[i], s_over[i]), pick(&r[i], r_over[i]))).collect())
 }
 
 fn run(a: &BenchArgs) -> Result<()> {
@@ -485,7 +492,9 @@ fn run(a: &BenchArgs) -> Result<()> {
     let mut per_arch = vec![];
     for arch in &archs {
         let aa = BenchArgs { arch: arch.clone(), ..a.clone() };
-        per_arch.push((arch.clone(), bench_arch(&aa, &modes)?));
+        let mut rounds_run = 0;
+        let res = bench_arch(&aa, &modes, &mut rounds_run)?;
+        per_arch.push((arch.clone(), res, rounds_run));
     }
     let load_after = load_average();
     device::set_threads(a.threads)?;
@@ -495,7 +504,7 @@ fn run(a: &BenchArgs) -> Result<()> {
     let f = |v: &Option<serde_json::Value>, k: &str| v.as_ref().and_then(|v| v[k].as_f64());
     let mut tables = vec![];
     let mut json_archs = vec![];
-    for (arch, results) in &per_arch {
+    for (arch, results, rounds_run) in &per_arch {
         // PyTorch's best mode here: the fastest of its rows that finished.
         let ref_best_row = results
             .iter()
@@ -505,7 +514,7 @@ fn run(a: &BenchArgs) -> Result<()> {
         let mut t = Table::new(
             format!(
                 "SATM step, {arch} {}x{}, batch {}, K={}, {} threads, {} steps (best of {})",
-                a.size, a.size, a.batch, a.k, a.threads, a.steps, a.rounds
+                a.size, a.size, a.batch, a.k, a.threads, a.steps, rounds_run
             ),
             &[
                 "mode",
@@ -569,6 +578,12 @@ fn run(a: &BenchArgs) -> Result<()> {
         for n in &mode_notes {
             t.note(n.clone());
         }
+        if *rounds_run < a.rounds {
+            t.note(format!(
+                "{rounds_run} of {} rounds: the --budget of {} s was spent after round {rounds_run}",
+                a.rounds, a.budget
+            ));
+        }
         if !a.no_ref {
             t.note(if rss_over.is_empty() {
                 "peak RSS: satm <= PyTorch in every mode".to_string()
@@ -599,6 +614,7 @@ fn run(a: &BenchArgs) -> Result<()> {
             "arch": arch,
             "rows": results.iter().map(|(m, s, r)| serde_json::json!({"mode": m.name, "satm": s, "pytorch": r})).collect::<Vec<_>>(),
             "default_mode": default_mode.map(|m| m.name),
+            "rounds": rounds_run,
             "pytorch_best_mode": ref_best_row.map(|r| r.0),
             "skipped_modes": mode_notes,
             "pytorch_best_img_per_s": if ref_best.is_nan() { serde_json::Value::Null } else { ref_best.into() },
