@@ -43,6 +43,17 @@ pub struct BenchArgs {
     /// Skip the PyTorch reference (satm only).
     #[arg(long)]
     pub no_ref: bool,
+    /// Rows to run, comma separated: fp32 (both sides fp32), fp32_cl (fp32 with channels_last), bf16_cl (bf16
+    /// autocast with channels_last); `auto` = the modes this CPU runs natively (bf16_cl only with AVX-512 BF16 or
+    /// AMX; elsewhere bf16 is emulated and very slow): fp32,bf16_cl or fp32,fp32_cl.
+    #[arg(long, default_value = "auto")]
+    pub modes: String,
+    /// Seconds one run (satm or PyTorch) may take; a run over it is stopped and its cell reads "timed out".
+    #[arg(long, default_value_t = 240)]
+    pub run_timeout: u64,
+    /// Seconds per architecture after which no further round starts (every mode always gets its first round).
+    #[arg(long, default_value_t = 150)]
+    pub budget: u64,
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -202,7 +213,7 @@ pub fn ref_script() -> PathBuf {
     if let Some(p) = std::env::var_os("SATM_REF_BENCH") {
         return PathBuf::from(p);
     }
-    crate::script::data_root().join("../bench/ref_satm.py")
+    crate::core::paths::data_root_with_source().0.join("../bench/ref_satm.py")
 }
 
 /// The project venv's python: `$SATM_VENV/bin/python`, else `~/.cache/satm/venv/bin/python`.
@@ -213,21 +224,65 @@ pub fn venv_python() -> PathBuf {
     venv.join("bin/python")
 }
 
-fn run_json(cmd: &mut Command, what: &str) -> Result<serde_json::Value> {
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+/// Runs `cmd` for at most `timeout` seconds and parses the last JSON line it prints; `Ok(None)` when it ran over
+/// (it is killed) — a mode the CPU only emulates must not hold the bench for 20 minutes.
+fn run_json(cmd: &mut Command, what: &str, timeout: u64) -> Result<Option<serde_json::Value>> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    // Its own process group, so a timeout stops whatever it started too (and nothing keeps the pipes open).
+    let mut child = cmd
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let pipe = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out_t = pipe(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let err_t = pipe(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let start = std::time::Instant::now();
+    let stop = |child: &mut std::process::Child| {
+        // SAFETY: kill(2) on the child's process group (its pid, made a group leader above); no memory is touched.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if crate::core::cancel::is_cancelled() {
+            stop(&mut child);
+            bail!("cancelled by Ctrl-C");
+        }
+        if start.elapsed().as_secs() >= timeout {
+            stop(&mut child);
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let (stdout, stderr) = (out_t.join().unwrap_or_default(), err_t.join().unwrap_or_default());
+    let Some(status) = status else { return Ok(None) };
+    if !status.success() {
+        bail!("{what} failed ({status}): {}", stderr.lines().last().unwrap_or(""));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
+    let line = stdout
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .ok_or_else(|| anyhow::anyhow!("{what} printed no JSON"))?;
-    serde_json::from_str(line).with_context(|| format!("{what} printed bad JSON"))
+    Ok(Some(serde_json::from_str(line).with_context(|| format!("{what} printed bad JSON"))?))
 }
 
-fn satm_run(a: &BenchArgs, precision: &str, channels_last: bool) -> Result<serde_json::Value> {
+fn satm_run(a: &BenchArgs, precision: &str, channels_last: bool) -> Result<Option<serde_json::Value>> {
     let exe = std::env::current_exe()?;
     let mut c = Command::new(exe);
     c.args(["bench", "--worker", "--arch", &a.arch, "--size", &a.size.to_string(), "--batch", &a.batch.to_string()])
@@ -240,10 +295,10 @@ fn satm_run(a: &BenchArgs, precision: &str, channels_last: bool) -> Result<serde
             "--width",
             &a.width.to_string(),
         ]);
-    run_json(&mut c, "satm bench worker")
+    run_json(&mut c, "satm bench worker", a.run_timeout)
 }
 
-fn ref_run(a: &BenchArgs, bf16: bool) -> Result<serde_json::Value> {
+fn ref_run(a: &BenchArgs, bf16: bool, channels_last: bool) -> Result<Option<serde_json::Value>> {
     let script = ref_script();
     if !script.is_file() {
         bail!("PyTorch reference {} not found (set SATM_REF_BENCH, or pass --no-ref)", script.display());
@@ -262,9 +317,69 @@ fn ref_run(a: &BenchArgs, bf16: bool) -> Result<serde_json::Value> {
         ])
         .args(["--threads", &a.threads.to_string(), "--steps", &a.steps.to_string(), "--json"]);
     if bf16 {
-        c.args(["--bf16", "--channels_last"]);
+        c.arg("--bf16");
     }
-    run_json(&mut c, "ref_satm.py")
+    if channels_last {
+        c.arg("--channels_last");
+    }
+    run_json(&mut c, "ref_satm.py", a.run_timeout)
+}
+
+/// One row of the bench: the same precision and memory format on both sides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mode {
+    pub name: &'static str,
+    pub bf16: bool,
+    pub channels_last: bool,
+}
+
+/// Every mode `--modes` can name.
+pub const MODES: [Mode; 3] = [
+    Mode { name: "fp32", bf16: false, channels_last: false },
+    Mode { name: "fp32_cl", bf16: false, channels_last: true },
+    Mode { name: "bf16_cl", bf16: true, channels_last: true },
+];
+
+/// Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX); elsewhere libtorch emulates it, far slower than fp32.
+pub fn native_bf16() -> bool {
+    let c = device::cpu_info();
+    c.avx512_bf16 || c.amx_bf16
+}
+
+/// The modes to run and a note per mode left out: `auto` picks the modes this CPU runs natively.
+pub fn pick_modes(spec: &str, native_bf16: bool) -> Result<(Vec<Mode>, Vec<String>)> {
+    if spec.trim() == "auto" {
+        return Ok(if native_bf16 {
+            (vec![MODES[0], MODES[2]], vec![])
+        } else {
+            (
+                vec![MODES[0], MODES[1]],
+                vec![
+                    "bf16_cl skipped: this CPU has neither AVX-512 BF16 nor AMX, so bf16 would be emulated (far \
+                     slower than fp32; PyTorch's took over 20 minutes for vgg_s on an AVX2-only EPYC). \
+                     --modes fp32,bf16_cl runs it anyway, each run stopped after --run-timeout seconds."
+                        .into(),
+                ],
+            )
+        });
+    }
+    let mut out: Vec<Mode> = vec![];
+    for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some(m) = MODES.iter().find(|m| m.name == name) else {
+            bail!("--modes: unknown mode '{name}'; use fp32, fp32_cl, bf16_cl (comma separated) or auto");
+        };
+        if !out.contains(m) {
+            out.push(*m);
+        }
+    }
+    if out.is_empty() {
+        bail!("--modes names no mode; use fp32, fp32_cl, bf16_cl (comma separated) or auto");
+    }
+    let mut notes = vec![];
+    if !native_bf16 && out.iter().any(|m| m.bf16) {
+        notes.push("bf16 on this CPU is emulated (no AVX-512 BF16 or AMX): expect it far slower than fp32".into());
+    }
+    Ok((out, notes))
 }
 
 fn best(runs: &[serde_json::Value]) -> Option<&serde_json::Value> {
@@ -304,27 +419,40 @@ fn load_average() -> Option<[f64; 3]> {
     (v.len() == 3).then(|| [v[0], v[1], v[2]])
 }
 
-/// One architecture: every mode, alternating satm and PyTorch runs; (mode name, best satm run, best PyTorch run).
-type ModeResult = (&'static str, Option<serde_json::Value>, Option<serde_json::Value>);
+/// One architecture: every mode, alternating satm and PyTorch runs; (mode, best satm run, best PyTorch run). A
+/// side that ran over --run-timeout gives `{"timed_out": true}` and is not run again for that mode.
+type ModeResult = (Mode, Option<serde_json::Value>, Option<serde_json::Value>);
 
-fn bench_arch(a: &BenchArgs) -> Result<Vec<ModeResult>> {
-    // Rows: (name, satm precision, satm channels_last, reference bf16+channels_last)
-    let modes = [
-        ("fp32", "fp32", false, false),
-        ("satm default vs PyTorch bf16+CL", a.precision.as_str(), a.channels_last, true),
-    ];
-    let mut results = vec![];
-    for (name, prec, cl, ref_bf16) in modes {
-        let (mut s, mut r) = (vec![], vec![]);
-        for _ in 0..a.rounds {
-            s.push(satm_run(a, prec, cl)?);
-            if !a.no_ref {
-                r.push(ref_run(a, ref_bf16)?);
+fn bench_arch(a: &BenchArgs, modes: &[Mode], rounds_run: &mut usize) -> Result<Vec<ModeResult>> {
+    let timed_out = || Some(serde_json::json!({"timed_out": true}));
+    let start = std::time::Instant::now();
+    let n = modes.len();
+    let (mut s, mut r) = (vec![vec![]; n], vec![vec![]; n]);
+    let (mut s_over, mut r_over) = (vec![false; n], vec![false; n]);
+    // Round by round over every mode, so a spent --budget still leaves one measurement of each.
+    for round in 0..a.rounds {
+        if round > 0 && start.elapsed().as_secs() >= a.budget {
+            break;
+        }
+        *rounds_run = round + 1;
+        for (i, m) in modes.iter().enumerate() {
+            if !s_over[i] {
+                match satm_run(a, if m.bf16 { "bf16" } else { "fp32" }, m.channels_last)? {
+                    Some(v) => s[i].push(v),
+                    None => s_over[i] = true,
+                }
+            }
+            if !a.no_ref && !r_over[i] {
+                match ref_run(a, m.bf16, m.channels_last)? {
+                    Some(v) => r[i].push(v),
+                    None => r_over[i] = true,
+                }
             }
         }
-        results.push((name, best(&s).cloned(), best(&r).cloned()));
     }
-    Ok(results)
+    let pick =
+        |runs: &[serde_json::Value], over: bool| best(runs).cloned().or_else(|| if over { timed_out() } else { None });
+    Ok((0..n).map(|i| (modes[i], pick(&s[i], s_over[i]), pick(&r[i], r_over[i]))).collect())
 }
 
 fn run(a: &BenchArgs) -> Result<()> {
@@ -356,26 +484,38 @@ fn run(a: &BenchArgs) -> Result<()> {
             );
         }
     }
+    let native = native_bf16();
+    let (modes, mode_notes) = pick_modes(&a.modes, native)?;
+    // satm's default configuration (--precision, --channels-last) is the mode with the same precision and format.
+    let (default_bf16, default_why) = Precision::parse(&a.precision)?.resolve(Device::Cpu);
+    let default_mode = modes.iter().find(|m| m.bf16 == default_bf16 && m.channels_last == a.channels_last).copied();
     let load_before = load_average();
     let mut per_arch = vec![];
     for arch in &archs {
         let aa = BenchArgs { arch: arch.clone(), ..a.clone() };
-        per_arch.push((arch.clone(), bench_arch(&aa)?));
+        let mut rounds_run = 0;
+        let res = bench_arch(&aa, &modes, &mut rounds_run)?;
+        per_arch.push((arch.clone(), res, rounds_run));
     }
     let load_after = load_average();
     device::set_threads(a.threads)?;
     let peak32 = matmul_peak(Kind::Float);
-    let peak16 = matmul_peak(Kind::BFloat16);
+    // An emulated bf16 matmul is slow and says nothing; measure it only where bf16 rows ran.
+    let peak16 = if modes.iter().any(|m| m.bf16) && native { matmul_peak(Kind::BFloat16) } else { f64::NAN };
     let f = |v: &Option<serde_json::Value>, k: &str| v.as_ref().and_then(|v| v[k].as_f64());
     let mut tables = vec![];
     let mut json_archs = vec![];
-    for (arch, results) in &per_arch {
-        // PyTorch's best eager mode is the faster of its fp32 and bf16+channels_last runs.
-        let ref_best = results.iter().filter_map(|(_, _, r)| f(r, "img_per_s")).fold(f64::NAN, f64::max);
+    for (arch, results, rounds_run) in &per_arch {
+        // PyTorch's best mode here: the fastest of its rows that finished.
+        let ref_best_row = results
+            .iter()
+            .filter_map(|(m, _, r)| f(r, "img_per_s").map(|v| (m.name, v)))
+            .max_by(|x, y| x.1.total_cmp(&y.1));
+        let ref_best = ref_best_row.map(|r| r.1).unwrap_or(f64::NAN);
         let mut t = Table::new(
             format!(
                 "SATM step, {arch} {}x{}, batch {}, K={}, {} threads, {} steps (best of {})",
-                a.size, a.size, a.batch, a.k, a.threads, a.steps, a.rounds
+                a.size, a.size, a.batch, a.k, a.threads, a.steps, rounds_run
             ),
             &[
                 "mode",
@@ -389,10 +529,16 @@ fn run(a: &BenchArgs) -> Result<()> {
             ],
         );
         let num = |v: Option<f64>, d: usize| v.map(|x| Cell::num(x, d)).unwrap_or(Cell::Empty);
+        let speed = |v: &Option<serde_json::Value>| match v {
+            Some(j) if j["timed_out"].as_bool() == Some(true) => {
+                Cell::text(format!("timed out (>{} s)", a.run_timeout))
+            }
+            _ => num(f(v, "img_per_s"), 1),
+        };
         let mut rss_over: Vec<&str> = vec![];
-        for (name, s, r) in results {
-            let prec = s.as_ref().and_then(|v| v["precision"].as_str()).unwrap_or("fp32");
-            let peak = if prec == "bf16" { peak16 } else { peak32 };
+        for (mode, s, r) in results {
+            let name = mode.name;
+            let peak = if mode.bf16 { peak16 } else { peak32 };
             let ratio = match (f(s, "img_per_s"), f(r, "img_per_s")) {
                 (Some(x), Some(y)) => Some(x / y),
                 _ => None,
@@ -402,21 +548,42 @@ fn run(a: &BenchArgs) -> Result<()> {
             {
                 rss_over.push(name);
             }
+            let is_default = default_mode == Some(*mode);
             t.push(vec![
-                Cell::text(format!("{name} (satm {prec})")),
-                num(f(s, "img_per_s"), 1),
-                num(f(r, "img_per_s"), 1),
+                Cell::text(if is_default { format!("{name} (satm default)") } else { name.to_string() }),
+                speed(s),
+                speed(r),
                 num(ratio, 2),
                 num(f(s, "max_rss_mb"), 0),
                 num(f(r, "max_rss_mb"), 0),
                 num(f(s, "gflop_per_s"), 1),
-                Cell::num(peak, 1),
+                if peak.is_finite() { Cell::num(peak, 1) } else { Cell::Empty },
             ])?;
         }
-        let satm_default = f(&results[1].1, "img_per_s");
+        let default_row = results.iter().find(|(m, _, _)| Some(*m) == default_mode);
+        let satm_default = default_row.and_then(|(_, s, _)| f(s, "img_per_s"));
         let vs_best = satm_default.map(|s| s / ref_best).filter(|x| x.is_finite());
-        if let Some(v) = vs_best {
-            t.note(format!("satm default vs PyTorch's best eager mode: {v:.2}x"));
+        match (default_mode, vs_best, ref_best_row) {
+            (Some(dm), Some(v), Some((best_name, _))) => t.note(format!(
+                "satm default ({}: {default_why}) vs PyTorch's best mode here ({best_name}): {v:.2}x",
+                dm.name
+            )),
+            (None, _, _) => t.note(format!(
+                "satm's default ({}{}) is not among the modes run, so there is no default-vs-best ratio",
+                if default_bf16 { "bf16" } else { "fp32" },
+                if a.channels_last { ", channels_last" } else { "" }
+            )),
+            _ if !a.no_ref => t.note("no default-vs-best ratio: a run timed out or PyTorch gave no result"),
+            _ => {}
+        }
+        for n in &mode_notes {
+            t.note(n.clone());
+        }
+        if *rounds_run < a.rounds {
+            t.note(format!(
+                "{rounds_run} of {} rounds: the --budget of {} s was spent after round {rounds_run}",
+                a.rounds, a.budget
+            ));
         }
         if !a.no_ref {
             t.note(if rss_over.is_empty() {
@@ -425,7 +592,10 @@ fn run(a: &BenchArgs) -> Result<()> {
                 format!("peak RSS: satm above PyTorch in: {}", rss_over.join(", "))
             });
         }
-        if let (Some(d), Some(st)) = (f(&results[1].1, "data_s_per_batch"), f(&results[1].1, "s_per_step")) {
+        let first = results.iter().find(|(_, s, _)| f(s, "s_per_step").is_some()).map(|x| &x.1);
+        if let Some(first) = first
+            && let (Some(d), Some(st)) = (f(first, "data_s_per_batch"), f(first, "s_per_step"))
+        {
             t.note(format!(
                 "data pipeline (cached u8 epoch, index + convert): {:.2} ms per batch = {:.2}% of a step",
                 d * 1e3,
@@ -443,7 +613,11 @@ fn run(a: &BenchArgs) -> Result<()> {
         }
         json_archs.push(serde_json::json!({
             "arch": arch,
-            "rows": results.iter().map(|(n, s, r)| serde_json::json!({"mode": n, "satm": s, "pytorch": r})).collect::<Vec<_>>(),
+            "rows": results.iter().map(|(m, s, r)| serde_json::json!({"mode": m.name, "satm": s, "pytorch": r})).collect::<Vec<_>>(),
+            "default_mode": default_mode.map(|m| m.name),
+            "rounds": rounds_run,
+            "pytorch_best_mode": ref_best_row.map(|r| r.0),
+            "skipped_modes": mode_notes,
             "pytorch_best_img_per_s": if ref_best.is_nan() { serde_json::Value::Null } else { ref_best.into() },
             "satm_default_vs_pytorch_best": vs_best,
             "rss_satm_le_pytorch": if a.no_ref { serde_json::Value::Null } else { rss_over.is_empty().into() },
@@ -453,7 +627,7 @@ fn run(a: &BenchArgs) -> Result<()> {
     if a.json {
         let j = serde_json::json!({
             "archs": json_archs,
-            "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
+            "matmul_peak_gflops": {"fp32": peak32, "bf16": if peak16.is_finite() { peak16.into() } else { serde_json::Value::Null }},
             "load_average": {"before": load_before, "after": load_after},
             "cpu": device::cpu_info(),
         });
@@ -493,6 +667,38 @@ mod tests {
         assert!(forward_macs("alexnet", 32, 1.0, 8).is_err());
         // A step: per network 2F crafting + 6F training per image, F = 2·MACs.
         assert_eq!(step_flops("vgg_s", 32, 1.0, 8, 64, 2).unwrap(), 2.0 * 64.0 * 8.0 * 2.0 * want);
+    }
+
+    #[test]
+    fn modes_fit_the_cpu() {
+        let names = |v: &[Mode]| v.iter().map(|m| m.name).collect::<Vec<_>>();
+        let (m, n) = pick_modes("auto", true).unwrap();
+        assert_eq!(names(&m), ["fp32", "bf16_cl"]);
+        assert!(n.is_empty());
+        let (m, n) = pick_modes("auto", false).unwrap();
+        assert_eq!(names(&m), ["fp32", "fp32_cl"]);
+        assert!(n.len() == 1 && n[0].contains("bf16_cl skipped"), "{n:?}");
+        let (m, n) = pick_modes("bf16_cl, fp32,bf16_cl", false).unwrap();
+        assert_eq!(names(&m), ["bf16_cl", "fp32"]);
+        assert!(n[0].contains("emulated"));
+        assert!(pick_modes("fp32_cl", true).unwrap().1.is_empty());
+        assert!(pick_modes("fp16", true).unwrap_err().to_string().contains("'fp16'"));
+        assert!(pick_modes(" , ", true).is_err());
+    }
+
+    #[test]
+    fn runs_over_the_time_limit_are_stopped() {
+        let mut slow = Command::new("sh");
+        slow.args(["-c", "sleep 30; echo '{\"img_per_s\": 1}'"]);
+        let t = std::time::Instant::now();
+        assert!(run_json(&mut slow, "slow", 1).unwrap().is_none());
+        assert!(t.elapsed().as_secs() < 20, "the child was not stopped");
+        let mut quick = Command::new("sh");
+        quick.args(["-c", "echo noise; echo '{\"img_per_s\": 2.5}'"]);
+        assert_eq!(run_json(&mut quick, "quick", 30).unwrap().unwrap()["img_per_s"].as_f64(), Some(2.5));
+        let mut failing = Command::new("sh");
+        failing.args(["-c", "echo broken >&2; exit 3"]);
+        assert!(run_json(&mut failing, "failing", 30).unwrap_err().to_string().contains("broken"));
     }
 
     #[test]

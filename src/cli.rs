@@ -1,4 +1,5 @@
-//! The command line: `satm run FILE`, `satm -e CODE`, `satm repl` (the default), `satm info`, `satm bench`, `satm grid`.
+//! The command line: `satm run FILE`, `satm -e CODE`, `satm repl` (the default), `satm info`, `satm bench`, `satm grid`,
+//! `satm data`.
 use crate::core::{amp, cancel, device};
 use crate::script;
 use clap::{Args, Parser, Subcommand};
@@ -72,6 +73,92 @@ pub enum Cmd {
         #[arg(long, default_value_t = 2.0)]
         every: f64,
     },
+    /// The data sets: list what satm finds; import UTKFace or Adience from their official downloads.
+    #[command(subcommand)]
+    Data(DataCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCmd {
+    /// Each data set under $SATM_DATA (or the other data roots) and the bundled sample: counts per class, image
+    /// size, cache state.
+    List,
+    /// Unpack (or link) an official download into $SATM_DATA (default ~/.local/share/satm/data), verified.
+    Import {
+        #[command(subcommand)]
+        what: ImportCmd,
+    },
+}
+
+/// Options of both imports.
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The data root to import into (default: $SATM_DATA, else ~/.local/share/satm/data).
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Replace a data set of the same name that is already there.
+    #[arg(long)]
+    pub force: bool,
+    /// Leave out (and count) images that do not decode instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCmd {
+    /// UTKFace: UTKFace.tar.gz, crop_part1.tar.gz (or the crop_part1 folder), or a folder of age_gender_race_date*.jpg.
+    Utkface {
+        /// The archive or folder.
+        path: PathBuf,
+        #[command(flatten)]
+        args: ImportArgs,
+    },
+    /// Adience: the face crops (faces.tar.gz / aligned.tar.gz, or the folder) and the five fold files.
+    Adience {
+        /// The face-crop archive or folder.
+        #[arg(long, value_name = "PATH")]
+        faces: PathBuf,
+        /// The folder holding fold_0_data.txt .. fold_4_data.txt.
+        #[arg(long, value_name = "DIR")]
+        folds: PathBuf,
+        #[command(flatten)]
+        args: ImportArgs,
+    },
+}
+
+fn data_main(cmd: &DataCmd, quiet: bool) -> i32 {
+    use crate::core::data::{import, list};
+    cancel::install_handler(true);
+    let res = match cmd {
+        DataCmd::List => list::render().map(|s| print!("{s}")),
+        DataCmd::Import { what } => {
+            let a = match what {
+                ImportCmd::Utkface { args, .. } | ImportCmd::Adience { args, .. } => args,
+            };
+            let dest =
+                a.to.clone()
+                    .or_else(|| std::env::var_os("SATM_DATA").map(PathBuf::from))
+                    .or_else(crate::core::paths::user_data_dir);
+            match dest {
+                None => Err(anyhow::anyhow!("no place to import into: set SATM_DATA or pass --to DIR")),
+                Some(dest) => {
+                    let o = import::ImportOpts { dest, force: a.force, skip_bad: a.skip_bad, progress: !quiet };
+                    let r = match what {
+                        ImportCmd::Utkface { path, .. } => import::import_utkface(path, &o),
+                        ImportCmd::Adience { faces, folds, .. } => import::import_adience(faces, folds, &o),
+                    };
+                    r.map(|r| print!("{r}"))
+                }
+            }
+        }
+    };
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("satm data: {e:#}");
+            1
+        }
+    }
 }
 
 /// Applies `--set`, `--out`, `--device`, ... to the script session. Errors name the offending option.
@@ -125,7 +212,8 @@ pub fn info_json() -> serde_json::Value {
         "auto_precision": if bf16 { "bf16" } else { "fp32" },
         "auto_precision_reason": why,
         "satm_home": script::satm_home().display().to_string(),
-        "data_root": script::data_root().display().to_string(),
+        "data_root": crate::core::paths::data_root_with_source().0.display().to_string(),
+        "data_source": format!("{:?}", crate::core::paths::data_root_with_source().1).to_lowercase(),
     })
 }
 
@@ -168,7 +256,7 @@ fn print_info() {
         v["auto_precision_reason"].as_str().unwrap_or("?")
     );
     println!("home      {}", v["satm_home"].as_str().unwrap_or("?"));
-    println!("data      {}", v["data_root"].as_str().unwrap_or("?"));
+    println!("data      {} ({})", v["data_root"].as_str().unwrap_or("?"), v["data_source"].as_str().unwrap_or("?"));
 }
 
 fn run_script(file: Option<&PathBuf>, code: Option<&str>, args: &SessionArgs) -> i32 {
@@ -233,6 +321,7 @@ pub fn main() -> i32 {
         (None, Some(Cmd::Bench(a))) => crate::bench::main(a),
         (None, Some(Cmd::Grid(args))) => crate::grid::main(args, &cli.session),
         (None, Some(Cmd::Watch { dir, once, every })) => crate::core::train::watch::main(dir, *once, *every),
+        (None, Some(Cmd::Data(cmd))) => data_main(cmd, cli.session.quiet),
         (None, Some(Cmd::Repl)) | (None, None) => {
             if let Err(e) = apply_session(&cli.session, "repl") {
                 eprintln!("satm: {e}");

@@ -8,5 +8,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod mem;
 pub mod models;
+pub mod paths;
 pub mod report;
+pub mod tensorio;
 pub mod train;

@@ -10,31 +10,7 @@ use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection};
 use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope};
 use std::path::{Path, PathBuf};
 
-/// Where satm's own files (stdlib/, configs/, scripts/) are: $SATM_HOME, else the first ancestor of the executable
-/// holding stdlib/ (a cargo build in the checkout), else the checkout this binary was built from.
-pub fn satm_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("SATM_HOME") {
-        return PathBuf::from(h);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1) {
-            if dir.join("stdlib").is_dir() && dir.join("Cargo.toml").is_file() {
-                return dir.to_path_buf();
-            }
-        }
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The shipped data sets: $SATM_DATA, else ../shared/data beside the satm checkout.
-pub fn data_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("SATM_DATA") {
-        return PathBuf::from(d);
-    }
-    let home = satm_home();
-    let shared = home.join("../shared/data");
-    shared.canonicalize().unwrap_or(shared)
-}
+pub use crate::core::paths::{data_root, satm_home};
 
 /// A fully set-up engine: limits, Ctrl-C polling, the stdlib module resolver and every satm function.
 pub fn new_engine() -> Engine {

@@ -292,10 +292,9 @@ fn label_of(r: &FoldRow, o: &AdienceOpts, report: &mut LoadReport) -> std::resul
     }
 }
 
-/// Loads Adience from `root` (the folder with the fold files and `faces/`). Folds come from the fold files; groups
-/// are the user ids.
-pub fn adience(root: &Path, o: &AdienceOpts) -> Result<Dataset> {
-    o.decode.validate()?;
+/// The files a load would decode, before decoding: (name, classes, items, report so far). Reads and checks the
+/// fold files; does not look at the images.
+pub(crate) fn plan(root: &Path, o: &AdienceOpts) -> Result<(&'static str, Vec<String>, Vec<Item>, LoadReport)> {
     let rows = read_folds(root)?;
     let mut report = LoadReport { total: rows.len(), ..Default::default() };
     let mut seen: HashSet<&str> = HashSet::new();
@@ -323,6 +322,14 @@ pub fn adience(root: &Path, o: &AdienceOpts) -> Result<Dataset> {
         Task::Age => "adience",
         Task::Gender => "adience-gender",
     };
+    Ok((name, classes, items, report))
+}
+
+/// Loads Adience from `root` (the folder with the fold files and `faces/`). Folds come from the fold files; groups
+/// are the user ids.
+pub fn adience(root: &Path, o: &AdienceOpts) -> Result<Dataset> {
+    o.decode.validate()?;
+    let (name, classes, items, report) = plan(root, o)?;
     let policy = FilePolicy { skip_missing: o.skip_missing, skip_bad: o.skip_bad };
     assemble(name, classes, items, report, &o.decode, policy)
 }

@@ -7,6 +7,8 @@ mod batches;
 pub mod cache;
 pub mod decode;
 pub mod folder;
+pub mod import;
+pub mod list;
 pub mod rng;
 pub mod synthetic;
 pub mod utkface;

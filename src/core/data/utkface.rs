@@ -3,7 +3,9 @@
 use super::{AGE_GROUPS, DecodeOpts, FilePolicy, Item, LoadReport, age_group_exact, age_group_nearest, assemble};
 use super::{Dataset, stratified_folds, stratified_take};
 use anyhow::{Context, Result, bail};
+use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
 
 /// How an age in years becomes one of the 8 Adience groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,45 +139,61 @@ pub fn image_dir(root: &Path) -> PathBuf {
     if d.is_dir() { d } else { root.to_path_buf() }
 }
 
-/// Loads UTKFace from `root` (the folder with `labels.csv` and `images/`, or a folder of UTKFace-named files).
-pub fn utkface(root: &Path, o: &UtkOpts) -> Result<Dataset> {
-    o.decode.validate()?;
-    if !root.is_dir() {
-        bail!("utkface: {} is not a directory", root.display());
-    }
+/// Whether `root` is the bundled sample's folder (its safetensors file and no labels.csv / images/ beside it).
+pub fn is_sample(root: &Path) -> bool {
+    root.join(crate::core::paths::SAMPLE_FILE).is_file()
+        && !root.join("labels.csv").is_file()
+        && !root.join("images").is_dir()
+}
+
+/// The labelled rows of a UTKFace folder: from `labels.csv` when present, else from the names of the `.jpg` files in
+/// [`image_dir`] (names that do not parse are counted in the report as dropped).
+pub fn read_rows(root: &Path, report: &mut LoadReport) -> Result<Vec<UtkRow>> {
     let imgs = image_dir(root);
     let csv = root.join("labels.csv");
-    let mut report = LoadReport::default();
-    let rows: Vec<UtkRow> = if csv.is_file() {
-        read_labels_csv(&csv)?
-    } else {
-        let mut names: Vec<String> = std::fs::read_dir(&imgs)
-            .with_context(|| format!("listing {}", imgs.display()))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_file())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.to_ascii_lowercase().ends_with(".jpg"))
-            .collect();
-        names.sort();
-        let mut rows = Vec::new();
-        for n in names {
-            match parse_name(&n) {
-                Some(r) => rows.push(r),
-                None => {
-                    report.total += 1;
-                    report.drop("file name does not parse as age_gender_race_datetime.jpg");
-                }
+    if csv.is_file() {
+        return read_labels_csv(&csv);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&imgs)
+        .with_context(|| format!("listing {}", imgs.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.to_ascii_lowercase().ends_with(".jpg"))
+        .collect();
+    names.sort();
+    let mut rows = Vec::new();
+    for n in names {
+        match parse_name(&n) {
+            Some(r) => rows.push(r),
+            None => {
+                report.total += 1;
+                report.drop(NAME_REASON);
             }
         }
-        rows
-    };
-    report.total += rows.len();
-    let classes: Vec<String> = match o.task {
+    }
+    Ok(rows)
+}
+
+/// The drop reason of a file whose name is not `age_gender_race_datetime.jpg`.
+pub const NAME_REASON: &str = "file name does not parse as age_gender_race_datetime.jpg";
+/// The drop reason of an age between two groups under [`UtkMapping::Drop`].
+pub const GAP_REASON: &str = "age in a gap between groups (mapping: drop)";
+
+/// The class names for a task.
+pub fn classes(task: UtkTask) -> Vec<String> {
+    match task {
         UtkTask::Age => AGE_GROUPS.iter().map(|s| s.to_string()).collect(),
         UtkTask::Gender => vec!["male".into(), "female".into()],
-    };
-    let mut kept: Vec<(&UtkRow, i64)> = Vec::new();
-    for r in &rows {
+    }
+}
+
+/// Labels `rows` under the options (mapping, task) and applies `limit`: (row index, label) of the items kept, in row
+/// order. Gap ages under `mapping: drop` are counted in the report.
+pub fn label_rows(rows: &[UtkRow], o: &UtkOpts, report: &mut LoadReport) -> Result<Vec<(usize, i64)>> {
+    report.total += rows.len();
+    let mut kept: Vec<(usize, i64)> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
         let label = match o.task {
             UtkTask::Gender => Some(r.gender as i64),
             UtkTask::Age => match o.mapping {
@@ -184,8 +202,8 @@ pub fn utkface(root: &Path, o: &UtkOpts) -> Result<Dataset> {
             },
         };
         match label {
-            Some(l) => kept.push((r, l)),
-            None => report.drop("age in a gap between groups (mapping: drop)"),
+            Some(l) => kept.push((i, l)),
+            None => report.drop(GAP_REASON),
         }
     }
     if let Some(n) = o.limit {
@@ -193,19 +211,43 @@ pub fn utkface(root: &Path, o: &UtkOpts) -> Result<Dataset> {
             bail!("utkface: limit must be at least 1");
         }
         let labels: Vec<i64> = kept.iter().map(|k| k.1).collect();
-        let take = stratified_take(&labels, classes.len(), n, o.seed);
+        let take = stratified_take(&labels, classes(o.task).len(), n, o.seed);
         let before = kept.len();
         kept = take.into_iter().map(|i| kept[i]).collect();
         for _ in kept.len()..before {
             report.note("rows left out by limit");
         }
     }
-    let items: Vec<Item> = kept
+    Ok(kept)
+}
+
+/// The files a load of a UTKFace folder would decode, before decoding: (classes, items, report so far).
+pub(crate) fn plan(root: &Path, o: &UtkOpts) -> Result<(Vec<String>, Vec<Item>, LoadReport)> {
+    let mut report = LoadReport::default();
+    let rows = read_rows(root, &mut report)?;
+    let kept = label_rows(&rows, o, &mut report)?;
+    let imgs = image_dir(root);
+    let items = kept
         .iter()
-        .map(|(r, l)| Item { path: imgs.join(&r.file), label: *l, group: String::new(), fold: -1 })
+        .map(|&(i, l)| Item { path: imgs.join(&rows[i].file), label: l, group: String::new(), fold: -1 })
         .collect();
-    let policy = FilePolicy { skip_missing: o.skip_missing, skip_bad: o.skip_bad };
-    let mut ds = assemble("utkface", classes, items, report, &o.decode, policy)?;
+    Ok((classes(o.task), items, report))
+}
+
+/// Loads UTKFace from `root` (the folder with `labels.csv` and `images/`, a folder of UTKFace-named files, or the
+/// bundled sample's folder).
+pub fn utkface(root: &Path, o: &UtkOpts) -> Result<Dataset> {
+    o.decode.validate()?;
+    if !root.is_dir() {
+        bail!("utkface: {} is not a directory", root.display());
+    }
+    let mut ds = if is_sample(root) {
+        sample_dataset(&root.join(crate::core::paths::SAMPLE_FILE), o)?
+    } else {
+        let (classes, items, report) = plan(root, o)?;
+        let policy = FilePolicy { skip_missing: o.skip_missing, skip_bad: o.skip_bad };
+        assemble("utkface", classes, items, report, &o.decode, policy)?
+    };
     // Folds after every drop, so each fold is stratified over the items actually present.
     if o.folds > 0 {
         if o.folds > ds.len() {
@@ -213,6 +255,83 @@ pub fn utkface(root: &Path, o: &UtkOpts) -> Result<Dataset> {
         }
         ds.folds = stratified_folds(&ds.labels, ds.classes.len(), o.folds, o.seed);
     }
+    Ok(ds)
+}
+
+/// A sample file: u8 `images` [N, 3, S, S], u8 `age`, `gender`, `race` [N], the file names in the metadata.
+pub struct Sample {
+    pub images: Tensor,
+    pub rows: Vec<UtkRow>,
+}
+
+/// Reads a sample file written by tools/make_sample.py. Errors name the file and what is wrong with it.
+pub fn read_sample(path: &Path) -> Result<Sample> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bad = |what: String| anyhow::anyhow!("{}: not a satm UTKFace sample: {what}", path.display());
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e}")))?;
+    let files: Vec<String> = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("files"))
+        .ok_or_else(|| bad("no 'files' in the metadata".into()))
+        .and_then(|f| serde_json::from_str(f).map_err(|e| bad(format!("metadata 'files': {e}"))))?;
+    let n = files.len();
+    let u8s = |name: &str, shape: &[usize]| -> Result<Vec<u8>> {
+        let t = st.tensor(name).map_err(|e| bad(format!("tensor '{name}': {e}")))?;
+        if t.dtype() != Dtype::U8 || t.shape() != shape {
+            return Err(bad(format!("tensor '{name}' is {:?} {:?}, expected U8 {shape:?}", t.dtype(), t.shape())));
+        }
+        Ok(t.data().to_vec())
+    };
+    let img = st.tensor("images").map_err(|e| bad(format!("tensor 'images': {e}")))?;
+    let sh = img.shape().to_vec();
+    if sh.len() != 4 || sh[0] != n || sh[1] != 3 || sh[2] != sh[3] || sh[2] == 0 {
+        return Err(bad(format!("images has shape {sh:?}, expected [{n}, 3, S, S]")));
+    }
+    let px = u8s("images", &sh)?;
+    let (age, gender, race) = (u8s("age", &[n])?, u8s("gender", &[n])?, u8s("race", &[n])?);
+    let rows = (0..n)
+        .map(|i| UtkRow { file: files[i].clone(), age: age[i] as u32, gender: gender[i], race: race[i] })
+        .collect();
+    let dims: Vec<i64> = sh.iter().map(|&d| d as i64).collect();
+    let images = Tensor::f_from_data_size(&px, &dims, Kind::Uint8)?;
+    Ok(Sample { images, rows })
+}
+
+/// The bundled sample as a dataset under the options (mapping, task, limit); other sizes than the stored one are
+/// resized (bilinear, antialiased) from the stored pixels, and the report notes it.
+fn sample_dataset(path: &Path, o: &UtkOpts) -> Result<Dataset> {
+    let s = read_sample(path)?;
+    let mut report = LoadReport::default();
+    let kept = label_rows(&s.rows, o, &mut report)?;
+    if kept.is_empty() {
+        bail!("utkface: no items left in the sample\n{}", report.summary("utkface"));
+    }
+    let idx: Vec<i64> = kept.iter().map(|k| k.0 as i64).collect();
+    let mut images = s.images.f_index_select(0, &Tensor::from_slice(&idx))?;
+    let stored = images.size()[2];
+    let size = o.decode.size;
+    if size != stored {
+        images = images
+            .f_to_kind(Kind::Float)?
+            .f_internal_upsample_bilinear2d_aa([size, size], false, None, None)?
+            .f_round()?
+            .f_clamp(0.0, 255.0)?
+            .f_to_kind(Kind::Uint8)?;
+        report.note(format!("images resized from the sample's {stored}x{stored} to {size}x{size}"));
+    }
+    let mut ds = Dataset::new(
+        "utkface",
+        images,
+        kept.iter().map(|k| k.1).collect(),
+        classes(o.task),
+        vec![],
+        vec![],
+        kept.iter().map(|k| s.rows[k.0].file.clone()).collect(),
+    )?;
+    report.kept = ds.len();
+    ds.report = report;
     Ok(ds)
 }
 

@@ -136,8 +136,9 @@ fn root_or_default(o: &Opts, sub: &str) -> RResult<PathBuf> {
     let root = data_root().join(sub);
     if !root.is_dir() {
         return Err(script_err(format!(
-            "{sub}: no data at {} (the default: $SATM_DATA, else ../shared/data beside the checkout); set SATM_DATA to \
-             the folder that holds {sub}/, or pass root: \"DIR\"",
+            "{sub}: no data at {} (the default: $SATM_DATA, else ../shared/data beside the checkout, else what \
+             `satm data import` put in ~/.local/share/satm/data, else the bundled sample, which holds utkface/ only); \
+             import it with `satm data import {sub} ...`, set SATM_DATA to the folder that holds {sub}/, or pass root: \"DIR\"",
             root.display()
         )));
     }

@@ -380,6 +380,43 @@ pub fn register(engine: &mut Engine) {
             })
         },
     );
+    doc(
+        "save_tensors",
+        &["path: &str", "tensors: Map"],
+        "()",
+        "Saves a map of named tensors as a safetensors file (read it in PyTorch with safetensors.torch.load_file), \
+         dtype and shape kept (u8, i64, bf16, f32, ...), written atomically. E.g. save_tensors(\"adv.safetensors\", \
+         #{x: adv, y: labels}).",
+    )
+    .register_into_engine(engine, |path: &str, tensors: rhai::Map| -> RResult<()> {
+        guard("save_tensors", || {
+            let mut named = Vec::new();
+            for (k, v) in tensors {
+                match v.try_cast::<TensorV>() {
+                    Some(t) => named.push((k.to_string(), t.0)),
+                    None => bail!("'{k}' is not a Tensor (save_tensors takes a map of name: Tensor)"),
+                }
+            }
+            crate::core::tensorio::save_tensors(std::path::Path::new(path), &named)
+        })
+    });
+    doc(
+        "load_tensors",
+        &["path: &str"],
+        "Map",
+        "Reads every tensor of a safetensors file (e.g. one written by safetensors.torch.save_file) into a map of \
+         name: Tensor, dtype and shape kept, on the session device.",
+    )
+    .register_into_engine(engine, |path: &str| -> RResult<rhai::Map> {
+        guard("load_tensors", || {
+            let dev = state::device();
+            let mut m = rhai::Map::new();
+            for (k, t) in crate::core::tensorio::load_tensors(std::path::Path::new(path))? {
+                m.insert(k.into(), Dynamic::from(TensorV(t.f_to_device(dev)?)));
+            }
+            Ok(m)
+        })
+    });
     doc("max_abs_diff", &["a: Tensor", "b: Tensor"], "float", "max |a - b| over all elements (shapes must broadcast).")
         .register_into_engine(engine, |a: TensorV, b: TensorV| -> RResult<f64> {
             guard("max_abs_diff", || {
