@@ -1176,6 +1176,8 @@ fn background_runs_report_failures_locks_and_bad_steering() {
     assert!(parts[2].contains("alpha = 1") && parts[2].contains("[0, eps"), "{v:?}");
     assert!(parts[3].contains("below the run's alpha"), "{v:?}");
     assert_eq!(parts[4], "2", "{v:?}");
+}
+
 // ---------------------------------------------------------------- the metadata sweep
 
 /// One registered function as rhai's metadata describes it: name and parameter types.
