@@ -218,3 +218,65 @@ fn scripts_run_on_the_adience_protocol_with_data_adience() {
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Equal arms by construction: every arm of stdlib/experiment.rhai runs under one protocol (budget, selection rule,
+/// evaluation inputs), `check_equal_arms` records it, and it refuses a set of arms whose selection rule differs.
+#[test]
+fn arms_share_one_protocol_and_a_differing_selection_rule_is_refused() {
+    let out = tmp("arms-protocol");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = out.join("protocol.rhai");
+    std::fs::write(
+        &script,
+        r#"import "stdlib/experiment" as ex;
+seed(1);
+let s = ex::scale("test");
+let f = ex::fold(ex::dataset("utkface", "", s), 0);
+let a = ex::pretrained("A", f, s, "pa");
+let b = ex::pretrained("B", f, s, "pb");
+let arms = ex::arm_names().map(|n| ex::arm(n, a, b, f, s, ""));
+ex::check_equal_arms(arms);
+for r in arms { record(`arm_${r.name}`, ex::arm_record(r)); }
+let c = arms[1];
+c.protocol.select = "last";
+let msg = "accepted";
+try { ex::check_equal_arms([arms[0], c]); } catch (e) { msg = `${e}`; }
+record("refused", msg);
+"#,
+    )
+    .unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(env!("CARGO_BIN_EXE_satm"))
+        .current_dir(&root)
+        .args(["run", script.to_str().unwrap(), "-q", "--threads", "1", "--out"])
+        .arg(out.join("run"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{text}");
+    let r = results(&out.join("run"));
+    let names = ["undefended", "clean_continued", "ensemble", "satm", "satm_rda0", "white_box"];
+    assert_eq!(r["protocol"]["arms"], serde_json::json!(names), "{r}");
+    assert_eq!(r["protocol"]["select"], "best_val");
+    // The same budget for every arm that trains (scale "test": 3 steps per network), none for the starting point;
+    // runs per arm: one per network, except SATM's joint runs.
+    for (name, runs) in [("clean_continued", 2), ("ensemble", 2), ("satm", 1), ("satm_rda0", 1), ("white_box", 2)] {
+        let a = &r[format!("arm_{name}")];
+        assert_eq!(a["extra_steps"], 3, "{name}: {a}");
+        assert_eq!(a["selected_steps"].as_array().unwrap().len(), runs, "{name}: {a}");
+        for s in a["selected_steps"].as_array().unwrap() {
+            let s = s.as_u64().unwrap();
+            assert!((1..=3).contains(&s), "{name}: the selected checkpoint is within the budget: {a}");
+        }
+        for k in ["select", "eval_seed", "eval_limit", "steps", "lr", "batch"] {
+            assert_eq!(a[k], r["protocol"][k], "{name}: {k}");
+        }
+    }
+    assert_eq!(r["arm_undefended"]["extra_steps"], 0);
+    let refused = r["refused"].as_str().unwrap();
+    assert!(
+        refused.contains("arms are not treated alike") && refused.contains("select = last"),
+        "a differing selection rule must be refused: {refused}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
