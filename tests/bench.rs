@@ -1,11 +1,12 @@
-//! satm's SATM step against the PyTorch reference (shared/bench/ref_satm.py): identical weights and batch in, the
-//! same losses and updated weights out.
-use satm::core::data::Dataset;
+//! satm's SATM step against the PyTorch reference (shared/bench/ref_satm.py): identical weights, batches and R+Step-LL
+//! random steps in, the same losses and updated weights out — with λ ≠ 1 and α > 0, so that the GRL's λ and the
+//! random step are checked too; controls with λ = 1 and with PyTorch's own random draw must differ.
+use satm::core::data::{BatchOpts, Dataset};
 use satm::core::models::{DaHead, ModelSpec, Net};
 use satm::core::train::checkpoint::{self, CheckpointState};
 use satm::core::train::optim::Optimizer;
-use satm::core::train::satm::unique_labels;
-use satm::core::train::{self, History, TrainConfig};
+use satm::core::train::satm::{mix, unique_labels};
+use satm::core::train::{self, History, LambdaSchedule, TrainConfig};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor, nn};
@@ -18,6 +19,10 @@ const SIZE: i64 = 16;
 const WIDTH: f64 = 0.25;
 const LR: f64 = 0.05;
 const ARCHS: [&str; 3] = ["vgg_s", "vggbn_s", "resnet_s"];
+/// The GRL's λ: not 1, so a λ that does not reach the gradient (or reaches it twice) shows in the updates.
+const LAMBDA: f64 = 0.3;
+/// Relative tolerance of losses, weights and weight updates.
+const TOL: f64 = 1e-4;
 
 fn cfg() -> TrainConfig {
     TrainConfig {
@@ -27,9 +32,10 @@ fn cfg() -> TrainConfig {
         momentum: 0.9,
         weight_decay: 0.0,
         r_adv: 1.0,
-        r_da: 0.1,
-        // alpha = 0: R+Step-LL's random step plays no role, so both sides craft from the same point.
-        alpha: Some(0.0),
+        r_da: 0.5,
+        // R+Step-LL's random step of α = ε/2 is taken (both sides get satm's draw, see `satm_draws`).
+        alpha: None,
+        lambda: LambdaSchedule::Constant(LAMBDA),
         da_hidden: 256,
         log_every: 1,
         precision: satm::core::device::Precision::parse("fp32").unwrap(),
@@ -47,6 +53,27 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     let d = (a - b).norm().double_value(&[]);
     let n = b.norm().double_value(&[]);
     if n == 0.0 { d } else { d / n }
+}
+
+/// The batch and the R+Step-LL noise (one N(0, I) draw per network, in network order) that satm's trainer uses at
+/// `step`. They follow from the trainer's documented reseeding ("every step reseeds from (seed, step)", which is what
+/// makes resume exact): the batch order of an epoch from mix(seed ^ mix(epoch)), and the noise drawn first after
+/// manual_seed(mix(seed ^ mix(0x5A7A + step))). Should that derivation change in satm, the very first step's
+/// adversarial loss stops matching PyTorch's and this test fails (it cannot pass by accident).
+fn satm_draws(data: &Dataset, cfg: &TrainConfig, step: usize) -> (Tensor, Tensor, Vec<Tensor>) {
+    let per_epoch = data.len() / cfg.batch_size;
+    let opts = BatchOpts {
+        batch_size: cfg.batch_size,
+        shuffle: true,
+        seed: mix(cfg.seed ^ mix((step / per_epoch) as u64)),
+        augment: false,
+        drop_last: true,
+        device: Device::Cpu,
+    };
+    let b = data.batches(&opts).unwrap().nth(step % per_epoch).unwrap().unwrap();
+    tch::manual_seed(mix(cfg.seed ^ mix(0x5A7A + step as u64)) as i64 & i64::MAX);
+    let noise = (0..K).map(|_| Tensor::randn(b.x.size(), (Kind::Float, Device::Cpu))).collect();
+    (b.x, b.y, noise)
 }
 
 /// One arch: satm trains K fresh networks for STEPS steps from a checkpoint that fixes every initial weight (the DA
@@ -81,6 +108,7 @@ fn satm_side(
         source_counts: vec![vec![0; K]; K],
         labels: labels.clone(),
         satm: satm::VERSION.into(),
+        events: vec![],
     };
     {
         let refs: Vec<&mut Net> = nets.iter_mut().collect();
@@ -90,7 +118,8 @@ fn satm_side(
     }
     let mut initial = vec![];
     for (k, net) in nets.iter().enumerate() {
-        let mut named: Vec<(String, Tensor)> = net.named_variables();
+        // state_dict: every tensor PyTorch's state_dict has, BN counters included.
+        let mut named: Vec<(String, Tensor)> = net.state_dict();
         named.extend(das[k].0.variables());
         Tensor::write_safetensors(&named, dir.join(format!("{arch}_net{k}.safetensors"))).unwrap();
         initial.push(named.into_iter().map(|(n, t)| (n, t.copy())).collect::<HashMap<_, _>>());
@@ -112,7 +141,7 @@ fn satm_side(
     let mut after = vec![];
     let mut losses = vec![];
     for (k, net) in nets.iter().enumerate() {
-        let mut m: HashMap<String, Tensor> = net.named_variables().into_iter().collect();
+        let mut m: HashMap<String, Tensor> = net.state_dict().into_iter().collect();
         m.extend(read(&ck.join(format!("da{k}.safetensors"))));
         after.push(m);
         let series = |metric: &str| res.history.series("train", &labels[k], metric);
@@ -133,6 +162,38 @@ fn satm_side(
     (initial, after, losses)
 }
 
+/// Runs tests/py/ref_step.py (ref_satm.py's step) on IN with `job`, writing into a fresh OUT; returns OUT.
+fn pytorch(py: &Path, inp: &Path, root: &Path, name: &str, job: &serde_json::Value) -> std::path::PathBuf {
+    let out = root.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let job_path = root.join(format!("{name}.json"));
+    std::fs::write(&job_path, job.to_string()).unwrap();
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ref_step.py");
+    let o = std::process::Command::new(py)
+        .arg(&helper)
+        .arg(satm::bench::ref_script())
+        .arg(inp)
+        .arg(&out)
+        .arg(&job_path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ref_step.py ({name}) failed: {}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// The largest relative difference between satm's weight updates and those in `theirs` (w − w0 against p − w0) over
+/// the tensors named in `moved`.
+fn worst_update(initial: &HashMap<String, Tensor>, after: &HashMap<String, Tensor>, theirs: &Path, moved: &[String]) -> f64 {
+    let theirs = read(theirs);
+    moved
+        .iter()
+        .map(|name| {
+            let (w0, w, p) = (&initial[name], &after[name], &theirs[name]);
+            rel(&(w - w0), &(p - w0))
+        })
+        .fold(0.0, f64::max)
+}
+
 #[test]
 fn satm_step_matches_pytorch_reference() {
     let py = satm::bench::venv_python();
@@ -140,9 +201,8 @@ fn satm_step_matches_pytorch_reference() {
     let script = satm::bench::ref_script();
     assert!(script.is_file(), "ref_satm.py not found at {} (set SATM_REF_BENCH or SATM_DATA)", script.display());
     let dir = tempfile::tempdir().unwrap();
-    let (inp, out) = (dir.path().join("in"), dir.path().join("out"));
+    let inp = dir.path().join("in");
     std::fs::create_dir_all(&inp).unwrap();
-    std::fs::create_dir_all(&out).unwrap();
 
     tch::manual_seed(7);
     let images = Tensor::randint(256, [BATCH, 3, SIZE, SIZE], (Kind::Uint8, Device::Cpu));
@@ -150,7 +210,19 @@ fn satm_step_matches_pytorch_reference() {
     let labels: Vec<i64> = Vec::try_from(&labels_t).unwrap();
     let classes: Vec<String> = (0..CLASSES).map(|c| c.to_string()).collect();
     let data = Dataset::new("same-math", images.copy(), labels, classes, vec![], vec![], vec![]).unwrap();
-    Tensor::write_safetensors(&[("images", &images), ("labels", &labels_t)], inp.join("batch.safetensors")).unwrap();
+    let c = cfg();
+    assert!(c.alpha() > 0.0 && LAMBDA != 1.0, "the random step and lambda are part of the check");
+    // satm's batches (its shuffled order) and its R+Step-LL draws of each step, for PyTorch.
+    let mut steps: Vec<(String, Tensor)> = vec![];
+    for s in 0..STEPS {
+        let (x, y, noise) = satm_draws(&data, &c, s);
+        steps.push((format!("x.{s}"), x));
+        steps.push((format!("y.{s}"), y));
+        for (k, n) in noise.into_iter().enumerate() {
+            steps.push((format!("noise.{s}.{k}"), n));
+        }
+    }
+    Tensor::write_safetensors(&steps, inp.join("steps.safetensors")).unwrap();
 
     // 1 thread: the networks one after another; 2 threads: side by side (one worker per network).
     let mut satm_runs = HashMap::new();
@@ -159,71 +231,114 @@ fn satm_step_matches_pytorch_reference() {
             satm_runs.insert((arch, threads), satm_side(arch, threads, &data, &inp));
         }
     }
-    let c = cfg();
     let job = serde_json::json!({
         "archs": ARCHS, "width": WIDTH, "classes": CLASSES, "k": K, "steps": STEPS, "lr": LR, "momentum": c.momentum,
-        "eps": c.eps, "alpha": c.alpha(), "r_adv": c.r_adv, "r_da": c.r_da, "lambda": 1.0,
+        "eps": c.eps, "alpha": c.alpha(), "r_adv": c.r_adv, "r_da": c.r_da, "lambda": LAMBDA, "noise": true,
     });
-    std::fs::write(inp.join("job.json"), job.to_string()).unwrap();
-    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ref_step.py");
-    let o = std::process::Command::new(&py).arg(&helper).arg(&script).arg(&inp).arg(&out).output().unwrap();
-    assert!(o.status.success(), "ref_step.py failed: {}", String::from_utf8_lossy(&o.stderr));
+    let out = pytorch(&py, &inp, dir.path(), "same", &job);
+    // Controls: PyTorch with ref_satm's hard-coded λ = 1, and with its own random draw instead of satm's. Each must
+    // miss satm's updates by more than 10× the tolerance, or the check above could not see λ or the noise (λ = 1
+    // instead of 0.3 moves the updates by ~1e-2 relative: a 1e-3 tolerance would barely see it).
+    let mut lambda_one = job.clone();
+    lambda_one["lambda"] = 1.0.into();
+    let out_lambda_one = pytorch(&py, &inp, dir.path(), "lambda_one", &lambda_one);
+    let mut own_noise = job.clone();
+    own_noise["noise"] = false.into();
+    let out_own_noise = pytorch(&py, &inp, dir.path(), "own_noise", &own_noise);
     let py_losses: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("losses.json")).unwrap()).unwrap();
 
+    let mut compared = (0, 0, 0);
+    let mut least = (f64::INFINITY, f64::INFINITY);
+    let mut worst: f64 = 0.0;
     for ((arch, threads), (initial, after, losses)) in &satm_runs {
         let (arch, threads) = (*arch, *threads);
         for k in 0..K {
-            // Losses of every step: the same numbers (they are means, so satm's shuffled batch order does not matter).
+            // Losses of every step: the same numbers.
             for s in 0..STEPS {
                 for (i, name) in ["clean_loss", "adv_loss", "da_loss", "total_loss"].iter().enumerate() {
                     let theirs = py_losses[arch][s][k][name].as_f64().unwrap();
                     let ours = losses[k][s][i];
                     let r = (ours - theirs).abs() / theirs.abs().max(1e-12);
                     assert!(
-                        r < 1e-4,
+                        r < TOL,
                         "{arch} net {k} ({threads} threads) step {}: {name} satm {ours} vs PyTorch {theirs} (rel {r:.2e})",
                         s + 1
                     );
+                    compared.0 += 1;
                 }
             }
             // Weights after STEPS updates: compared as updates (w − w0), which is what a wrong gradient changes.
-            let theirs = read(&out.join(format!("{arch}_net{k}.safetensors")));
-            assert_eq!(
-                theirs.len(),
-                after[k].len(),
-                "{arch}: PyTorch has {} tensors, satm {}",
-                theirs.len(),
-                after[k].len()
-            );
+            let file = format!("{arch}_net{k}.safetensors");
+            let theirs = read(&out.join(&file));
+            let names = |m: &HashMap<String, Tensor>| {
+                let mut v: Vec<String> = m.keys().cloned().collect();
+                v.sort();
+                v
+            };
+            assert_eq!(names(&theirs), names(&after[k]), "{arch}: PyTorch's and satm's states hold other tensors");
             let mut checked = 0;
+            let mut moved = vec![];
             for (name, w) in &after[k] {
-                let p = theirs.get(name).unwrap_or_else(|| panic!("{arch}: PyTorch lacks {name}"));
+                let p = &theirs[name];
+                let w0 = &initial[k][name];
+                if !w.is_floating_point() {
+                    // BN's num_batches_tracked: one per training-mode forward, exactly.
+                    assert!(
+                        w.equal(p),
+                        "{arch} net {k} ({threads} threads): {name} is {} in satm, {} in PyTorch",
+                        w.int64_value(&[]),
+                        p.int64_value(&[])
+                    );
+                    if !w.equal(w0) {
+                        checked += 1;
+                    }
+                    continue;
+                }
                 let r = rel(w, p);
-                assert!(r < 1e-4, "{arch} net {k} ({threads} threads): {name} differs from PyTorch's (rel {r:.2e})");
+                assert!(r < TOL, "{arch} net {k} ({threads} threads): {name} differs from PyTorch's (rel {r:.2e})");
                 // The updates themselves (a wrong gradient changes them, while the weights barely move in 2 steps).
                 // Tensors whose gradient is 0 in exact arithmetic (a conv bias right before BatchNorm) move by
-                // rounding noise only (< 1e-6 of their norm) and are skipped; cancellation between the clean and
-                // adversarial halves amplifies rounding in the DA head's updates to about 1e-4.
-                let w0 = &initial[k][name];
+                // rounding noise only (< 1e-6 of their norm) and are skipped.
                 let (d_ours, d_theirs) = (w - w0, p - w0);
                 if d_theirs.norm().double_value(&[]) > 1e-6 * p.norm().double_value(&[]) {
                     checked += 1;
+                    moved.push(name.clone());
                     let r = rel(&d_ours, &d_theirs);
+                    worst = worst.max(r);
                     assert!(
-                        r < 1e-3,
+                        r < TOL,
                         "{arch} net {k} ({threads} threads): the update of {name} differs from PyTorch's (rel {r:.2e})"
                     );
                 } else {
                     assert!(!name.ends_with("weight"), "{arch} net {k}: {name} did not move");
                 }
             }
-            // Not vacuous: most tensors (all weights, BN statistics, DA head) moved and were compared.
+            // Not vacuous: most tensors (all weights, BN statistics and counters, DA head) moved and were compared.
             assert!(
                 4 * checked >= 3 * after[k].len(),
                 "{arch} net {k}: only {checked} of {} tensors moved",
                 after[k].len()
             );
+            compared.1 += checked;
+            // The controls miss by far more than the tolerance.
+            let off_lambda = worst_update(&initial[k], &after[k], &out_lambda_one.join(&file), &moved);
+            let off_noise = worst_update(&initial[k], &after[k], &out_own_noise.join(&file), &moved);
+            assert!(
+                off_lambda > 10.0 * TOL && off_noise > 10.0 * TOL,
+                "{arch} net {k}: PyTorch with lambda = 1 is off by only {off_lambda:.2e}, with its own noise by \
+                 {off_noise:.2e}: the check cannot see them"
+            );
+            compared.2 += 1;
+            least = (least.0.min(off_lambda), least.1.min(off_noise));
         }
     }
+    // Counts asserted: 3 archs x 2 thread settings x K networks, 4 losses x STEPS steps each.
+    assert_eq!(compared.0, ARCHS.len() * 2 * K * 4 * STEPS);
+    assert_eq!(compared.2, ARCHS.len() * 2 * K);
+    eprintln!(
+        "bench cross-check: {} losses, {} updated tensors (1e-4 relative; worst {:.1e}), {} networks with both \
+         controls off (least: lambda = 1 by {:.1e}, PyTorch's own noise by {:.1e})",
+        compared.0, compared.1, worst, compared.2, least.0, least.1
+    );
 }

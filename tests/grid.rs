@@ -380,7 +380,8 @@ fn slurm_probe() -> &'static Result<(), String> {
     })
 }
 
-/// Whether a real Slurm answers; when SATM_SLURM=1 it must, else the test is skipped loudly.
+/// Whether a real Slurm answers. Under CI (CI=true) or with SATM_SLURM=1 it must: the test fails instead of
+/// passing without having run Slurm once. Elsewhere the test is skipped loudly, with the reason.
 fn slurm_available(test: &str) -> bool {
     let why = match slurm_probe() {
         Ok(()) => return true,
@@ -388,6 +389,9 @@ fn slurm_available(test: &str) -> bool {
     };
     if std::env::var("SATM_SLURM").as_deref() == Ok("1") {
         panic!("SATM_SLURM=1 but Slurm does not work ({why}); start it with: bash tools/slurm_local.sh start");
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI={} but Slurm does not work ({why}): under CI the real-Slurm tests must run; tools/test.sh starts it (as root) with tools/slurm_local.sh", std::env::var("CI").unwrap_or_default());
     }
     // Straight to the stderr handle: eprintln! output of a passing test is captured and never shown.
     let msg = format!(

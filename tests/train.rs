@@ -1,5 +1,5 @@
 //! The SATM loop on a synthetic ordinal task: black-box robustness gain, frozen sources, source bookkeeping,
-//! special cases (r_da = 0, r_adv = r_da = 0), kill-and-resume, NaN handling.
+//! special cases (r_da = 0; r_adv = r_da = 0 against PyTorch's standard training), kill-and-resume, NaN handling.
 use satm::core::attacks::{self, AttackKind, AttackSpec};
 use satm::core::data::Dataset;
 use satm::core::models::{Classifier, ModelSpec, Net};
@@ -80,8 +80,10 @@ fn cfg_guard(base: TrainConfig, steps: usize) -> TrainConfig {
     TrainConfig { steps, ..base }
 }
 
+/// Every tensor of a network's state, sorted by name: parameters, BN running statistics and the integer
+/// `num_batches_tracked` counters (which live outside the VarStore).
 fn weights(n: &Net) -> Vec<Tensor> {
-    n.named_variables().into_iter().map(|(_, t)| t.detach().copy()).collect()
+    n.state_dict().into_iter().map(|(_, t)| t.detach().copy()).collect()
 }
 
 fn same(a: &[Tensor], b: &[Tensor]) -> bool {
@@ -177,26 +179,132 @@ fn round_robin_matches_reference_formula_and_graph_is_respected() {
     assert_eq!(all, vec![2, 0, 3]);
 }
 
+/// ‖a − b‖ / ‖b‖ (0 when both are 0).
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let d = (a - b).norm().double_value(&[]);
+    let n = b.norm().double_value(&[]);
+    if n == 0.0 { d } else { d / n }
+}
+
+/// r_adv = r_da = 0 is standard training, checked against an independent reference: PyTorch's own loop
+/// (tests/py/ref_train.py: F.cross_entropy, torch.optim.SGD with momentum and weight decay, torch.optim.Adam with
+/// weight decay) on ref_satm.py's network with the same initial weights and batches. Every tensor of the state after 3
+/// steps (parameters, BN running statistics, BN counters) and every parameter's update equal PyTorch's to 1e-4.
 #[test]
-fn r_adv_zero_and_r_da_zero_equals_standard_training() {
+fn r_adv_zero_and_r_da_zero_is_pytorchs_standard_training() {
+    const STEPS: usize = 3;
+    const TOL: f64 = 1e-4;
     let _serial = serial();
-    let data = synthetic(96, 5);
-    let (mut a, mut b) = (net(21, "vgg_s"), net(21, "vgg_s"));
-    standard(&mut a, &data, 6, 0.002);
-    let other = net(22, "vgg_s");
-    train::run(train::Run {
-        trainees: vec![&mut b],
-        frozen: vec![&other],
-        train: &data,
-        val: None,
-        cfg: TrainConfig { r_adv: 0.0, r_da: 0.0, ..cfg(6) },
-        dir: None,
-        resume: None,
-        progress: false,
-        control: None,
-    })
-    .unwrap();
-    assert!(same(&weights(&a), &weights(&b)));
+    let py = satm::bench::venv_python();
+    assert!(py.exists(), "the project venv's python ({}) is needed for the PyTorch reference", py.display());
+    let script = satm::bench::ref_script();
+    assert!(script.is_file(), "ref_satm.py not found at {} (set SATM_REF_BENCH or SATM_DATA)", script.display());
+    // One batch of all 32 items per step, in the order satm's trainer shuffles it into (each step is an epoch,
+    // shuffled from mix(seed ^ mix(epoch))): in another order the means are the same, but their rounding differs,
+    // and 3 momentum steps through BatchNorm grow that to ~2e-4.
+    let data = synthetic(32, 5);
+    let c = cfg(STEPS);
+    let init = net(21, "vggbn_s");
+    let (inp, out) = (tmp("pyref-in"), tmp("pyref-out"));
+    std::fs::create_dir_all(&inp).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    Tensor::write_safetensors(&init.state_dict(), inp.join("init.safetensors")).unwrap();
+    let mut batches: Vec<(String, Tensor)> = vec![];
+    for step in 0..STEPS {
+        let opts = satm::core::data::BatchOpts {
+            batch_size: 32,
+            shuffle: true,
+            seed: satm::core::train::satm::mix(c.seed ^ satm::core::train::satm::mix(step as u64)),
+            augment: false,
+            drop_last: true,
+            device: Device::Cpu,
+        };
+        let b = data.batches(&opts).unwrap().next().unwrap().unwrap();
+        batches.push((format!("x.{step}"), b.x));
+        batches.push((format!("y.{step}"), b.y));
+    }
+    Tensor::write_safetensors(&batches, inp.join("data.safetensors")).unwrap();
+    use satm::core::train::optim::OptimizerKind::{Adam, Sgd};
+    // (name, optimizer, lr, momentum, weight decay)
+    let runs = [("sgd", Sgd, 0.05, 0.9, 5e-3), ("adam", Adam, 0.002, 0.0, 1e-3)];
+    // Controls for PyTorch only: the same runs without weight decay must miss satm's updates (the check sees it).
+    let controls = [("sgd_wd0", Sgd, 0.05, 0.9, 0.0), ("adam_wd0", Adam, 0.002, 0.0, 0.0)];
+    let job = serde_json::json!({
+        "arch": "vggbn_s", "width": 0.25, "classes": CLASSES, "steps": STEPS,
+        "runs": runs.iter().chain(&controls).map(|(n, o, lr, m, wd)| serde_json::json!({
+            "name": n, "optimizer": if *o == Sgd { "sgd" } else { "adam" }, "lr": lr, "momentum": m, "weight_decay": wd,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(inp.join("job.json"), job.to_string()).unwrap();
+    let helper = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/ref_train.py");
+    let o = std::process::Command::new(&py).arg(&helper).arg(&script).arg(&inp).arg(&out).output().unwrap();
+    assert!(o.status.success(), "ref_train.py failed: {}", String::from_utf8_lossy(&o.stderr));
+
+    let (mut compared, mut updates, mut worst) = (0, 0, 0f64);
+    for (name, optimizer, lr, momentum, weight_decay) in runs {
+        let mut n = init.try_clone().unwrap();
+        // A frozen network beside it changes nothing when r_adv = r_da = 0.
+        let other = net(22, "vgg_s");
+        train::run(train::Run {
+            trainees: vec![&mut n],
+            frozen: vec![&other],
+            train: &data,
+            val: None,
+            cfg: TrainConfig { r_adv: 0.0, r_da: 0.0, optimizer, lr, momentum, weight_decay, ..c.clone() },
+            dir: None,
+            resume: None,
+            progress: false,
+            control: None,
+        })
+        .unwrap();
+        let theirs: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(out.join(format!("{name}.safetensors"))).unwrap().into_iter().collect();
+        let control: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(out.join(format!("{name}_wd0.safetensors"))).unwrap().into_iter().collect();
+        let mut control_off: f64 = 0.0;
+        let ours = n.state_dict();
+        assert_eq!(ours.len(), theirs.len(), "{name}: satm has {} tensors, PyTorch {}", ours.len(), theirs.len());
+        let start: std::collections::HashMap<String, Tensor> = init.state_dict().into_iter().collect();
+        for (t, w) in &ours {
+            let p = theirs.get(t).unwrap_or_else(|| panic!("{name}: PyTorch lacks {t}"));
+            // A conv bias right before BatchNorm has a zero gradient in exact arithmetic: what it does is weight decay
+            // plus rounding noise of each side (which Adam's normalisation blows up to lr-sized steps), not math to
+            // compare.
+            let pre_bn = t
+                .strip_suffix(".bias")
+                .and_then(|l| l.rsplit_once('.'))
+                .and_then(|(pre, i)| i.parse::<usize>().ok().map(|i| format!("{pre}.{}.running_mean", i + 1)))
+                .is_some_and(|bn| start.contains_key(&bn));
+            if pre_bn {
+                continue;
+            }
+            compared += 1;
+            if !w.is_floating_point() {
+                assert!(w.equal(p), "{name}: {t} is {} in satm, {} in PyTorch", w.int64_value(&[]), p.int64_value(&[]));
+                assert_eq!(w.int64_value(&[]), STEPS as i64, "{name}: {t}");
+                continue;
+            }
+            let r = rel(w, p);
+            assert!(r < TOL, "{name}: {t} differs from PyTorch's by {r:.2e} (relative)");
+            // The update itself: the weights barely move in 3 steps, a wrong gradient or optimizer rule changes it.
+            let w0 = &start[t];
+            let (d_ours, d_theirs) = (w - w0, p - w0);
+            assert!(d_theirs.norm().double_value(&[]) > 1e-6 * p.norm().double_value(&[]), "{name}: {t} did not move");
+            updates += 1;
+            let r = rel(&d_ours, &d_theirs);
+            worst = worst.max(r);
+            assert!(r < TOL, "{name}: the update of {t} differs from PyTorch's by {r:.2e} (relative)");
+            control_off = control_off.max(rel(&d_ours, &(&control[t] - w0)));
+        }
+        assert!(control_off > 10.0 * TOL, "{name}: PyTorch without weight decay is only {control_off:.1e} off");
+        eprintln!("{name}: PyTorch without weight decay misses satm's updates by {control_off:.1e} (control)");
+    }
+    // vggbn_s: 6 convs (weight, bias), 6 BNs (weight, bias, running mean/var, counter), fc and head (weight, bias):
+    // 46 tensors; all but the 6 pre-BN conv biases compared, and the update of all but the 6 counters among those.
+    assert_eq!((compared, updates), (2 * 40, 2 * 34), "tensors compared, updates compared");
+    eprintln!("standard training vs PyTorch: {compared} tensors, {updates} updates (worst {worst:.1e} relative)");
+    let _ = std::fs::remove_dir_all(&inp);
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -271,10 +379,22 @@ fn resumed_run_follows_the_uninterrupted_trajectory() {
     assert_eq!(r.steps, 8);
     // Same trajectory up to float summation order inside libtorch's threaded kernels (observed: ~2e-6).
     let max_diff = |p: &[Tensor], q: &[Tensor]| {
+        assert_eq!(p.len(), q.len());
         p.iter().zip(q).map(|(x, y)| (x - y).abs().max().double_value(&[])).fold(0.0, f64::max)
     };
     let d = max_diff(&weights(&a1), &weights(&a3)).max(max_diff(&weights(&b1), &weights(&b3)));
     assert!(d < 1e-5, "resumed weights differ by {d}");
+    // Integer buffers exactly: every BN counter of the resumed vggbn_s equals the uninterrupted run's (a resume that
+    // restarted them would have 3 steps' worth instead of 8).
+    let (s1, s3) = (a1.state_dict(), a3.state_dict());
+    let counters: Vec<_> = s1.iter().zip(&s3).filter(|((n, _), _)| n.ends_with("num_batches_tracked")).collect();
+    assert!(!counters.is_empty(), "vggbn_s has BatchNorm counters");
+    for ((n, x), (m, y)) in counters {
+        assert_eq!(n, m);
+        assert_eq!((x.kind(), y.kind()), (Kind::Int64, Kind::Int64), "{n}");
+        let (x, y) = (x.int64_value(&[]), y.int64_value(&[]));
+        assert!(x > 0 && x == y, "{n}: {y} after resuming, {x} uninterrupted");
+    }
     // A run that really diverges (another data seed) is far away: the tolerance can fail.
     let (mut a4, mut b4) = (net(41, "vggbn_s"), net(42, "vgg_s"));
     train::run(train::Run {
@@ -334,7 +454,8 @@ fn catastrophic_overfitting_guard_logs_and_stops() {
     let _serial = serial();
     let data = synthetic(96, 10);
     let mut a = net(61, "vgg_s");
-    let base = TrainConfig { r_adv: 0.0, r_da: 0.0, white_box: 1.0, attack: "fgsm".into(), ..cfg(6) };
+    let base =
+        TrainConfig { r_adv: 0.0, r_da: 0.0, white_box: 1.0, attack: satm::core::attacks::AttackKind::Fgsm, ..cfg(6) };
     let mut guard = base.guard;
     guard.every = 2;
     let r = train::run(train::Run {

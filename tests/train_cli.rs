@@ -1,5 +1,6 @@
 //! Kill-and-resume through the real binary: a `satm run` process is SIGKILLed mid-training after a checkpoint, a
-//! second process resumes from the run directory, and the final weights equal an uninterrupted run's.
+//! second process resumes from the run directory, and every saved tensor (integer BN counters included) equals an
+//! uninterrupted run's.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -30,13 +31,9 @@ fn latest_step(run: &Path) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
 }
 
-fn read(p: PathBuf) -> Vec<(String, Vec<f32>)> {
-    let mut v: Vec<(String, Vec<f32>)> = tch::Tensor::read_safetensors(&p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .into_iter()
-        .filter(|(_, t)| t.kind() == tch::Kind::Float)
-        .map(|(n, t)| (n, Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()))
-        .collect();
+/// Every tensor a saved network holds, sorted by name: floats and the integer BN counters (`num_batches_tracked`).
+fn read(p: PathBuf) -> Vec<(String, tch::Tensor)> {
+    let mut v = tch::Tensor::read_safetensors(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -74,13 +71,29 @@ fn sigkilled_run_resumes_onto_the_uninterrupted_trajectory() {
     let out = satm(&script, &part, Some(&part.join("k"))).output().unwrap();
     assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("steps 24"));
+    let mut counters = 0;
     for net in ["a", "b"] {
         let (x, y) = (read(full.join(format!("{net}.safetensors"))), read(part.join(format!("{net}.safetensors"))));
-        assert_eq!(x.len(), y.len());
+        let names = |v: &[(String, tch::Tensor)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&x), names(&y), "{net}: the resumed run saved other tensors");
         for ((n, p), (_, q)) in x.iter().zip(&y) {
-            let d = p.iter().zip(q).map(|(u, v)| (u - v).abs()).fold(0f32, f32::max);
-            assert!(d < 1e-5, "{net}.{n} differs by {d} after resuming from step {killed_at}");
+            assert_eq!((p.kind(), p.size()), (q.kind(), q.size()), "{net}.{n}");
+            if p.is_floating_point() {
+                let d = (p - q).abs().max().double_value(&[]);
+                assert!(d < 1e-5, "{net}.{n} differs by {d} after resuming from step {killed_at}");
+            } else {
+                // Integer buffers exactly: a resume that restarts BN's counters ends with fewer batches tracked.
+                counters += 1;
+                let v = |t: &tch::Tensor| Vec::<i64>::try_from(&t.flatten(0, -1)).unwrap();
+                assert!(
+                    p.equal(q),
+                    "{net}.{n}: {:?} after resuming from step {killed_at}, {:?} uninterrupted",
+                    v(q),
+                    v(p)
+                );
+            }
         }
     }
+    assert!(counters > 0, "vggbn_s's num_batches_tracked counters were compared");
     let _ = std::fs::remove_dir_all(&root);
 }

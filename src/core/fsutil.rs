@@ -20,7 +20,7 @@ pub fn atomic_write_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> R
         .prefix(".satm-tmp-")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
+    fill(tmp.as_file_mut()).map_err(|e| write_error(e, path))?;
     tmp.as_file_mut().sync_all().ok();
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
@@ -41,7 +41,28 @@ pub fn atomic_write_path(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) ->
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?
         .into_temp_path();
-    fill(&tmp).with_context(|| format!("writing {}", path.display()))?;
+    fill(&tmp).map_err(|e| write_error(e, path))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
+}
+
+/// "writing PATH: cause", and when the cause is a full disk, a quota or the file size limit, what happened to PATH.
+fn write_error(e: anyhow::Error, path: &Path) -> anyhow::Error {
+    const FULL: [i32; 3] = [libc::ENOSPC, libc::EFBIG, libc::EDQUOT];
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()).is_some_and(|n| FULL.contains(&n))
+    }) || {
+        let text = format!("{e:#}");
+        // Libraries that write by path (safetensors) report the io::Error as text, displayed or debug-printed.
+        FULL.iter().any(|n| text.contains(&format!("(os error {n})")) || text.contains(&format!("code: {n}, ")))
+    };
+    if full {
+        e.context(format!(
+            "writing {}: the disk is full (or a quota or file size limit was reached); nothing was written there \
+             and the previous file, if any, is unchanged; free some space and run again",
+            path.display()
+        ))
+    } else {
+        e.context(format!("writing {}", path.display()))
+    }
 }

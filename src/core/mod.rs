@@ -6,6 +6,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod fsutil;
+pub mod mem;
 pub mod models;
 pub mod report;
 pub mod train;

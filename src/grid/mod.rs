@@ -191,6 +191,53 @@ pub fn save_grid(dir: &Path, g: &GridFile) -> Result<()> {
     fsutil::atomic_write(&dir.join(GRID_JSON), serde_json::to_string_pretty(g)?.as_bytes())
 }
 
+pub const LOCK: &str = "grid.lock";
+
+/// An advisory lock on a grid directory (flock on GRIDDIR/grid.lock, which names the holder): one `satm grid` at a
+/// time reads, runs and rewrites a grid, so two never run the same point or lose each other's grid.json updates.
+/// The kernel releases it when the holder exits, however it exits.
+pub struct GridLock {
+    _file: std::fs::File,
+}
+
+/// Takes the lock on `dir` (created if missing), or fails at once naming the process that holds it.
+pub fn lock_grid(dir: &Path) -> Result<GridLock> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating grid directory {}", dir.display()))?;
+    let path = dir.join(LOCK);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        let holder = holder.trim();
+        bail!(
+            "{} is in use by another satm grid ({}); wait for it to finish or stop it, then run again",
+            dir.display(),
+            if holder.is_empty() { "its pid is not written yet".to_string() } else { holder.to_string() }
+        );
+    }
+    let me =
+        format!("pid {} on {}, since {}", std::process::id(), point::hostname(), crate::script::state::timestamp());
+    f.set_len(0)
+        .and_then(|_| f.rewind())
+        .and_then(|_| f.write_all(me.as_bytes()))
+        .and_then(|_| f.flush())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(GridLock { _file: f })
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -371,6 +418,8 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
         bail!("--out is per point; give the grid directory with --dir");
     }
     let resume = target.is_dir();
+    // Held until this function returns: the whole read, run and rewrite of grid.json.
+    let mut _lock: Option<GridLock> = None;
     let (mut grid, dir) = if resume {
         if !args.over.is_empty() || !session.set.is_empty() || args.dir.is_some() {
             bail!(
@@ -378,6 +427,7 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
                 target.display()
             );
         }
+        _lock = Some(lock_grid(target)?);
         let g = load_grid(target)?;
         (g, target.clone())
     } else {
@@ -386,6 +436,9 @@ fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
         }
         let g = build_grid(target, args, session)?;
         let dir = args.dir.clone().unwrap_or_else(|| default_dir(&g));
+        if !args.dry_run || dir.is_dir() {
+            _lock = Some(lock_grid(&dir)?);
+        }
         match load_grid(&dir) {
             Ok(old) => {
                 let same = old

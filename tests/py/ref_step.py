@@ -1,14 +1,19 @@
-"""The SATM step of shared/bench/ref_satm.py, run on given weights and a given batch, for tests/bench.rs.
+"""The SATM step of shared/bench/ref_satm.py, run on given weights, batches and random steps, for tests/bench.rs.
 
-usage: ref_step.py REF_SATM.py IN_DIR OUT_DIR
-IN_DIR/job.json: {"archs": [...], "width", "classes", "k", "steps", "lr", "momentum", "eps", "alpha", "r_adv", "r_da",
-"lambda"}; IN_DIR/batch.safetensors: "images" u8 [B, 3, H, W], "labels" i64 [B]; IN_DIR/<arch>_net<k>.safetensors:
-network k's state (ref_satm's state_dict names, DA head "da.*"). Writes OUT_DIR/<arch>_net<k>.safetensors (the
-updated state) and OUT_DIR/losses.json ({arch: [[{clean_loss, adv_loss, da_loss, total_loss} per net] per step]}).
+usage: ref_step.py REF_SATM.py IN_DIR OUT_DIR [JOB.json]
+JOB (default IN_DIR/job.json): {"archs": [...], "width", "classes", "k", "steps", "lr", "momentum", "eps", "alpha",
+"r_adv", "r_da", "lambda", "noise"}; IN_DIR/steps.safetensors: per step s the batch "x.s" f32 [B, 3, H, W] in [0, 1]
+and "y.s" i64 [B] in satm's order, and, when "noise" is true, "noise.s.k" f32 [B, 3, H, W], the N(0, I) draw of
+R+Step-LL's random step on network k (satm's own draw, so both sides take the same random step; "noise": false lets
+ref_satm draw its own, a control that must NOT match); IN_DIR/<arch>_net<k>.safetensors: network k's state
+(ref_satm's state_dict names, DA head "da.*"). Writes OUT_DIR/<arch>_net<k>.safetensors (the updated state, BN
+counters included) and OUT_DIR/losses.json ({arch: [[{clean_loss, adv_loss, da_loss, total_loss} per net] per step]}).
 
-The step is ref_satm.py's `step` (a closure there, so it is repeated here line for line), with its `r_step_ll`, `GRL`,
-`Block` and `Net` imported from the file itself. ref_satm.py builds full-width networks only; `features` below builds
-the same layers with every channel count scaled by `width` (1.0 gives ref_satm.py's `vgg_s` / `resnet_s` exactly).
+The step is ref_satm.py's `step` (a closure there, so it is repeated here line for line, with its hard-coded GRL
+lambda 1.0 taken from the job); `r_step_ll`, `GRL`, `Block` and `Net` are imported from the file itself, and
+`r_step_ll` runs unchanged with its `torch.randn_like` draw answered by the given noise. ref_satm.py builds full-width
+networks only; `features` below builds the same layers with every channel count scaled by `width` (1.0 gives
+ref_satm.py's `vgg_s` / `resnet_s` exactly).
 """
 import importlib.util
 import json
@@ -67,14 +72,26 @@ def build(ref, arch, width, classes):
     return net
 
 
+def r_step_ll(ref, net, x, y, eps, alpha, noise):
+    """ref_satm.r_step_ll itself, its N(0, I) draw (`torch.randn_like(x)`) replaced by `noise` when given."""
+    if noise is None:
+        return ref.r_step_ll(net, x, y, eps, alpha)
+    if noise.shape != x.shape:
+        raise SystemExit(f"noise has shape {tuple(noise.shape)}, the batch {tuple(x.shape)}")
+    real = torch.randn_like
+    torch.randn_like = lambda t, *a, **kw: noise.clone()
+    try:
+        return ref.r_step_ll(net, x, y, eps, alpha)
+    finally:
+        torch.randn_like = real
+
+
 def main():
     ref_path, in_dir, out_dir = sys.argv[1:4]
     ref = load_ref(ref_path)
-    job = json.load(open(os.path.join(in_dir, "job.json")))
-    batch = load_file(os.path.join(in_dir, "batch.safetensors"))
-    x = batch["images"].float() / 255.0
-    y = batch["labels"].long()
-    b, k_n = x.shape[0], job["k"]
+    job = json.load(open(sys.argv[4] if len(sys.argv) > 4 else os.path.join(in_dir, "job.json")))
+    steps = load_file(os.path.join(in_dir, "steps.safetensors"))
+    k_n = job["k"]
     torch.manual_seed(0)
     losses = {}
     for arch in job["archs"]:
@@ -82,16 +99,16 @@ def main():
         for k in range(k_n):
             net = build(ref, arch, job["width"], job["classes"])
             state = load_file(os.path.join(in_dir, f"{arch}_net{k}.safetensors"))
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            missing = [m for m in missing if not m.endswith("num_batches_tracked")]
-            if missing or unexpected:
-                raise SystemExit(f"{arch}: state mismatch: missing {missing}, unexpected {unexpected}")
+            net.load_state_dict(state)  # strict: every tensor, BN counters included
             nets.append(net.train())
         opts = [torch.optim.SGD(n.parameters(), lr=job["lr"], momentum=job["momentum"]) for n in nets]
         per_step = []
         for it in range(job["steps"]):
+            x, y = steps[f"x.{it}"], steps[f"y.{it}"]
+            b = x.shape[0]
+            noise = [steps[f"noise.{it}.{k}"] if job["noise"] else None for k in range(k_n)]
             # ref_satm.py's step (fp32, no autocast), recording the loss terms.
-            advs = [ref.r_step_ll(n, x, y, job["eps"], job["alpha"]) for n in nets]
+            advs = [r_step_ll(ref, n, x, y, job["eps"], job["alpha"], noise[k]) for k, n in enumerate(nets)]
             rec = []
             for k, n in enumerate(nets):
                 src = advs[(k + 1 + it % (k_n - 1)) % k_n]
@@ -110,7 +127,7 @@ def main():
             per_step.append(rec)
         losses[arch] = per_step
         for k, n in enumerate(nets):
-            sd = {name: t.detach().contiguous() for name, t in n.state_dict().items() if not name.endswith("num_batches_tracked")}
+            sd = {name: t.detach().contiguous() for name, t in n.state_dict().items()}
             save_file(sd, os.path.join(out_dir, f"{arch}_net{k}.safetensors"))
     json.dump(losses, open(os.path.join(out_dir, "losses.json"), "w"))
 

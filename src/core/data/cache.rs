@@ -2,8 +2,9 @@
 //! data at the same size skips decoding. Files are written atomically; a damaged or mismatched file is ignored (and
 //! rewritten), never trusted.
 //!
-//! File layout (little endian): magic `SATMDC01`, u64 n, u64 size, u64 failures, then per failure u64 index,
-//! u64 length, UTF-8 message; then n*3*size*size pixel bytes.
+//! File layout (little endian): magic `SATMDC02`, u64 n, u64 size, u64 failures, then per failure u64 index,
+//! u64 length, UTF-8 message; then n*3*size*size pixel bytes; then the sha256 of everything before it (32 bytes),
+//! so a truncated or bit-flipped file is detected (and rebuilt) instead of feeding wrong pixels to training.
 use super::decode::{DecodeOpts, Decoded};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
@@ -11,7 +12,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
-const MAGIC: &[u8; 8] = b"SATMDC01";
+const MAGIC: &[u8; 8] = b"SATMDC02";
+const SUM: usize = 32;
 
 /// `$SATM_CACHE` when set, else `~/.cache/satm/data` (the platform cache dir), else `./.satm-cache/data`.
 pub fn default_dir() -> PathBuf {
@@ -57,7 +59,10 @@ pub fn load(dir: &Path, tag: &str, key: &str, n: usize, size: i64) -> Option<Dec
     match parse(&bytes, n, size) {
         Ok(d) => Some(d),
         Err(e) => {
-            eprintln!("satm: warning: ignoring damaged data cache {}: {e:#}", path.display());
+            eprintln!(
+                "satm: warning: ignoring damaged data cache {}: {e:#}; decoding the images again",
+                path.display()
+            );
             None
         }
     }
@@ -83,10 +88,18 @@ impl<'a> Reader<'a> {
 }
 
 fn parse(b: &[u8], n: usize, size: i64) -> Result<Decoded> {
-    let mut r = Reader { b, pos: 0 };
-    if r.take(8)? != MAGIC {
-        bail!("bad magic");
+    if b.len() < MAGIC.len() || &b[..MAGIC.len()] != MAGIC {
+        bail!("bad magic (not a satm data cache, or one from an older satm)");
     }
+    if b.len() < MAGIC.len() + SUM {
+        bail!("truncated");
+    }
+    let (b, sum) = b.split_at(b.len() - SUM);
+    if Sha256::digest(b).as_slice() != sum {
+        bail!("checksum mismatch (truncated or damaged)");
+    }
+    let mut r = Reader { b, pos: 0 };
+    r.take(MAGIC.len())?;
     let (fn_, fsize, nfail) = (r.u64()?, r.u64()?, r.u64()?);
     if fn_ as usize != n || fsize as i64 != size {
         bail!("holds {fn_} images of {fsize}px, expected {n} of {size}px");
@@ -120,18 +133,22 @@ pub fn store(dir: &Path, tag: &str, key: &str, d: &Decoded) -> Result<()> {
     let mut px = vec![0u8; numel];
     d.images.f_contiguous()?.f_copy_data_u8(&mut px, numel)?;
     let path = path_for(dir, tag, key, n, size);
+    let mut head = Vec::new();
+    head.extend_from_slice(MAGIC);
+    for v in [n as u64, size as u64, d.failed.len() as u64] {
+        head.extend_from_slice(&v.to_le_bytes());
+    }
+    for (i, m) in &d.failed {
+        head.extend_from_slice(&(*i as u64).to_le_bytes());
+        head.extend_from_slice(&(m.len() as u64).to_le_bytes());
+        head.extend_from_slice(m.as_bytes());
+    }
+    let sum = Sha256::new().chain_update(&head).chain_update(&px).finalize();
     crate::core::fsutil::atomic_write_with(&path, |f| {
         let mut w = std::io::BufWriter::new(f);
-        w.write_all(MAGIC)?;
-        for v in [n as u64, size as u64, d.failed.len() as u64] {
-            w.write_all(&v.to_le_bytes())?;
-        }
-        for (i, m) in &d.failed {
-            w.write_all(&(*i as u64).to_le_bytes())?;
-            w.write_all(&(m.len() as u64).to_le_bytes())?;
-            w.write_all(m.as_bytes())?;
-        }
+        w.write_all(&head)?;
         w.write_all(&px)?;
+        w.write_all(&sum)?;
         w.flush()?;
         Ok(())
     })

@@ -27,6 +27,8 @@ use tch::{Kind, Tensor};
 /// the whole process (a REPL session included) on an absurd size from a script instead of reporting it.
 pub(crate) fn zeroed_bytes(n: usize, item: usize, what: &str) -> Result<Vec<u8>> {
     let len = n.checked_mul(item).ok_or_else(|| anyhow::anyhow!("{what}: {n} × {item} bytes overflows"))?;
+    // try_reserve succeeds for more than the machine has when the kernel overcommits; touching it would then kill us.
+    crate::core::mem::check_bytes(what, "the pixel buffer", Some(len as u128), tch::Device::Cpu)?;
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| {
         anyhow::anyhow!("{what}: cannot allocate {:.1} GiB of memory", len as f64 / (1u64 << 30) as f64)

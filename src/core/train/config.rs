@@ -1,5 +1,7 @@
 //! Everything a training run is configured by: a RON preset (configs/*.ron) and/or script options, validated.
+use super::control::STEERABLE;
 use super::optim::{OptimSettings, OptimizerKind};
+use crate::core::attacks::{AttackKind, AttackSpec, Target};
 use crate::core::device::Precision;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -123,10 +125,12 @@ pub struct TrainConfig {
     pub r_da: f64,
     /// Weight of a white-box term (the trainee's own adversarial examples): 0 in SATM, > 0 for standard adversarial training.
     pub white_box: f64,
-    /// The attack crafting training examples (any attack name; the paper: r_step_ll).
-    pub attack: String,
+    /// The attack crafting training examples (any attack; the paper: r_step_ll). Written by name in RON presets.
+    #[serde(with = "attack_name")]
+    pub attack: AttackKind,
     /// R+Step-LL's target: "true" (the paper's Algorithm 1) or "least_likely" (Tramèr et al.).
-    pub target: String,
+    #[serde(with = "target_name")]
+    pub target: Target,
     pub eps: f64,
     /// R+Step-LL's random step; default eps/2.
     pub alpha: Option<f64>,
@@ -152,6 +156,42 @@ pub struct TrainConfig {
     pub precision: Precision,
     pub channels_last: bool,
     pub guard: GuardConfig,
+    /// Planned steering: changes of steerable settings at given steps, applied through the same events as a live
+    /// `set` (recorded in metrics.jsonl and checkpoints, replayed on resume). In step order; same-step changes in
+    /// the order given.
+    pub steer: Vec<PlannedChange>,
+}
+
+/// One planned change: from `step` on (before that step's batch), `key` (one of `control::STEERABLE`) is `value`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedChange {
+    pub step: usize,
+    pub key: String,
+    pub value: f64,
+}
+
+/// RON presets name the attack as scripts do ("r_step_ll"); the core holds the parsed kind.
+mod attack_name {
+    use crate::core::attacks::AttackKind;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(k: &AttackKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(k.name())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AttackKind, D::Error> {
+        String::deserialize(d)?.parse().map_err(|e: anyhow::Error| serde::de::Error::custom(e))
+    }
+}
+
+mod target_name {
+    use crate::core::attacks::Target;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(t: &Target, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(t.name())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Target, D::Error> {
+        String::deserialize(d)?.parse().map_err(|e: anyhow::Error| serde::de::Error::custom(e))
+    }
 }
 
 impl Default for TrainConfig {
@@ -169,8 +209,8 @@ impl Default for TrainConfig {
             r_adv: 1.0,
             r_da: 0.1,
             white_box: 0.0,
-            attack: "r_step_ll".into(),
-            target: "true".into(),
+            attack: AttackKind::RStepLl,
+            target: Target::True,
             eps: 16.0 / 256.0,
             alpha: None,
             sources: SourcePolicy::RoundRobin,
@@ -187,6 +227,7 @@ impl Default for TrainConfig {
             precision: Precision::Fp32,
             channels_last: false,
             guard: GuardConfig::default(),
+            steer: vec![],
         }
     }
 }
@@ -209,6 +250,15 @@ impl TrainConfig {
 
     pub fn alpha(&self) -> f64 {
         self.alpha.unwrap_or(self.eps / 2.0)
+    }
+
+    /// The attack crafting training examples with this config's eps, alpha and target.
+    pub fn attack_spec(&self) -> AttackSpec {
+        let mut spec = AttackSpec::new(self.attack);
+        spec.eps = self.eps;
+        spec.alpha = self.alpha();
+        spec.target = self.target;
+        spec
     }
 
     /// Whether any adversarial example is needed in training.
@@ -250,8 +300,21 @@ impl TrainConfig {
         if !(0.0..=self.eps).contains(&a) {
             bail!("alpha must be in [0, eps], got {a} (eps = {})", self.eps);
         }
-        if !matches!(self.target.as_str(), "true" | "least_likely") {
-            bail!("target must be \"true\" or \"least_likely\", got \"{}\"", self.target);
+        for c in &self.steer {
+            if !STEERABLE.contains(&c.key.as_str()) {
+                bail!("steer: '{}' at step {} cannot be steered; steerable: {}", c.key, c.step, STEERABLE.join(", "));
+            }
+            if !c.value.is_finite() {
+                bail!("steer: {} = {} at step {}: the value must be finite", c.key, c.value, c.step);
+            }
+            if self.epochs == 0 && c.step >= self.steps {
+                bail!(
+                    "steer: a change of {} at step {} never applies (the run has {} steps)",
+                    c.key,
+                    c.step,
+                    self.steps
+                );
+            }
         }
         if self.da_hidden <= 0 {
             bail!("da_hidden must be >= 1");

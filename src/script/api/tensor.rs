@@ -1,5 +1,5 @@
 //! A minimal Tensor for scripts: create, inspect, arithmetic, reductions, small conversions.
-use crate::core::device;
+use crate::core::{device, mem};
 use crate::script::convert::{RResult, friendly_type, guard, script_err, to_f64};
 use crate::script::docs::doc;
 use crate::script::state;
@@ -82,9 +82,59 @@ fn scalar_like(v: f64, t: &Tensor) -> Tensor {
     Tensor::from(v).to_kind(kind).to_device(t.device())
 }
 
+/// A clamp bound in the tensor's own type (libtorch refuses one that overflows it): beyond a float type's range it is
+/// ±inf (no bound on that side), beyond an integer type's range it saturates.
+fn clamp_bound(x: &Tensor, v: f64) -> f64 {
+    let (lo, hi, float) = match x.kind() {
+        Kind::Double => return v,
+        Kind::Float | Kind::BFloat16 => (f32::MIN as f64, f32::MAX as f64, true),
+        Kind::Half => (-65504.0, 65504.0, true),
+        Kind::Int64 => (-9.2e18, 9.2e18, false),
+        Kind::Int => (i32::MIN as f64, i32::MAX as f64, false),
+        Kind::Int16 => (i16::MIN as f64, i16::MAX as f64, false),
+        Kind::Int8 => (i8::MIN as f64, i8::MAX as f64, false),
+        Kind::Uint8 => (0.0, 255.0, false),
+        Kind::Bool => (0.0, 1.0, false),
+        _ => return v,
+    };
+    match (v < lo, v > hi, float) {
+        (true, _, true) => f64::NEG_INFINITY,
+        (_, true, true) => f64::INFINITY,
+        _ => v.clamp(lo, hi),
+    }
+}
+
+/// The shape two tensors broadcast to (None when they do not: libtorch then says why).
+fn broadcast_shape(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| {
+            let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+            let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+            match (x, y) {
+                (x, y) if x == y => Some(x),
+                (1, y) => Some(y),
+                (x, 1) => Some(x),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// An elementwise op's result can be far larger than either input (`[n, 1] + [1, n]`): check it first.
+fn check_broadcast(name: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if let Some(shape) = broadcast_shape(&a.size(), &b.size()) {
+        mem::check(name, &shape, a.kind(), a.device())?;
+    }
+    Ok(())
+}
+
 fn binop(engine: &mut Engine, name: &'static str, tt: fn(&Tensor, &Tensor) -> Result<Tensor, tch::TchError>) {
     engine.register_fn(name, move |a: &mut TensorV, b: TensorV| -> RResult<TensorV> {
-        guard(name, || Ok(TensorV(tt(&a.0, &b.0)?)))
+        guard(name, || {
+            check_broadcast(name, &a.0, &b.0)?;
+            Ok(TensorV(tt(&a.0, &b.0)?))
+        })
     });
     engine.register_fn(name, move |a: &mut TensorV, b: f64| -> RResult<TensorV> {
         guard(name, || Ok(TensorV(tt(&a.0, &scalar_like(b, &a.0))?)))
@@ -117,6 +167,8 @@ fn make(engine: &mut Engine, name: &'static str, text: &str, f: Factory) {
         move |shape: Array| -> RResult<TensorV> {
             guard(name, || {
                 let s = shape_of(&shape, name)?;
+                mem::check(name, &s, Kind::Float, tch::Device::Cpu)?;
+                mem::check(name, &s, Kind::Float, state::device())?;
                 Ok(TensorV(f(&s)?.f_to_device(state::device())?))
             })
         },
@@ -161,6 +213,7 @@ pub fn register(engine: &mut Engine) {
                 bail!("high must be > 0, got {high}");
             }
             let s = shape_of(&shape, "randint")?;
+            mem::check("randint", &s, Kind::Int64, state::device())?;
             Ok(TensorV(Tensor::f_randint(high, s.as_slice(), (Kind::Int64, state::device()))?))
         })
     });
@@ -171,6 +224,7 @@ pub fn register(engine: &mut Engine) {
                 if n < 0 {
                     bail!("n must be >= 0, got {n}");
                 }
+                mem::check("arange", &[n], Kind::Int64, state::device())?;
                 Ok(TensorV(Tensor::f_arange(n, (Kind::Int64, state::device()))?))
             })
         },
@@ -241,7 +295,7 @@ pub fn register(engine: &mut Engine) {
                 if lo > hi {
                     bail!("lo ({lo}) > hi ({hi})");
                 }
-                Ok(TensorV(x.0.f_clamp(lo, hi)?))
+                Ok(TensorV(x.0.f_clamp(clamp_bound(&x.0, lo), clamp_bound(&x.0, hi))?))
             })
         });
     doc(
@@ -294,7 +348,11 @@ pub fn register(engine: &mut Engine) {
         .register_into_engine(engine, |x: &mut TensorV| -> RResult<Dynamic> { guard("to_array", || to_nested(&x.0)) });
     doc("to", &["x: Tensor", "device: &str"], "Tensor", "A copy on another device (\"cpu\", \"cuda:0\", ...).")
         .register_into_engine(engine, |x: &mut TensorV, dev: &str| -> RResult<TensorV> {
-            guard("to", || Ok(TensorV(x.0.f_to_device(device::parse_device(dev)?)?)))
+            guard("to", || {
+                let d = device::parse_device(dev)?;
+                mem::check("to", &x.0.size(), x.0.kind(), d)?;
+                Ok(TensorV(x.0.f_to_device(d)?))
+            })
         });
     doc("cat", &["xs: Array", "dim: int"], "Tensor", "Concatenates tensors along `dim`.").register_into_engine(
         engine,

@@ -1,7 +1,8 @@
 //! Script API for training: `train(net, data, #{...})` (standard training) and `satm(#{nets, frozen, data, ...})`.
 use crate::core::device::Precision;
 use crate::core::report::{Cell, Table};
-use crate::core::train::config::{GuardAction, LambdaSchedule, LrSchedule, SourcePolicy, TrainConfig};
+use crate::core::train::config::{GuardAction, LambdaSchedule, LrSchedule, PlannedChange, SourcePolicy, TrainConfig};
+use crate::core::train::control::STEERABLE;
 use crate::core::train::optim::OptimizerKind;
 use crate::core::train::{self, TrainResult};
 use crate::script::api::data::DatasetV;
@@ -46,6 +47,7 @@ const COMMON: &[&str] = &[
     "resume",
     "progress",
     "guard",
+    "steer",
     "background",
     "threads",
 ];
@@ -163,8 +165,14 @@ fn build_config(o: &Opts, satm: bool) -> Result<TrainConfig> {
         if let Some(a) = o.opt_f64("alpha").map_err(e)? {
             c.alpha = Some(a);
         }
-        c.attack = o.str_or("attack", &c.attack).map_err(e)?;
-        c.target = o.choice_or("target", &c.target, &["true", "least_likely"]).map_err(e)?;
+        if let Some(a) = o.opt_str("attack").map_err(e)? {
+            c.attack = a.parse().map_err(|err: anyhow::Error| anyhow::anyhow!("option 'attack': {err}"))?;
+        }
+        c.target = o
+            .choice_or("target", c.target.name(), &["true", "least_likely"])
+            .map_err(e)?
+            .parse()
+            .map_err(|err: anyhow::Error| anyhow::anyhow!("option 'target': {err}"))?;
         c.da_hidden = o.i64_or("da_hidden", c.da_hidden).map_err(e)?;
         if let Some(l) = o.raw("lambda") {
             c.lambda = if let Some(x) = to_f64(l) {
@@ -211,8 +219,46 @@ fn build_config(o: &Opts, satm: bool) -> Result<TrainConfig> {
             };
         }
     }
+    if let Some(v) = o.raw("steer") {
+        c.steer = steer_plan(v)?;
+    }
     c.validate()?;
     Ok(c)
+}
+
+/// `steer: [#{step: 5, r_da: 0.3}, #{step: 9, lr: 0.01}]`: planned changes, in the order of `control::STEERABLE`
+/// within one entry.
+fn steer_plan(v: &Dynamic) -> Result<Vec<PlannedChange>> {
+    let Some(entries) = v.clone().try_cast::<Array>() else {
+        bail!(
+            "option 'steer' must be an array of maps like #{{step: 5, r_da: 0.3}}, got {}",
+            friendly_type(v.type_name())
+        );
+    };
+    let mut valid = vec!["step"];
+    valid.extend(STEERABLE);
+    let mut plan = vec![];
+    for (i, entry) in entries.into_iter().enumerate() {
+        let what = format!("steer[{i}]");
+        let Some(m) = entry.clone().try_cast::<Map>() else {
+            bail!("{what} must be a map like #{{step: 5, r_da: 0.3}}, got {}", friendly_type(entry.type_name()));
+        };
+        let sub = Opts::new(&what, m, &valid).map_err(to_anyhow)?;
+        if !sub.has("step") {
+            bail!("{what} needs a step (the step before whose batch the change applies)");
+        }
+        let step = sub.usize_or("step", 0).map_err(to_anyhow)?;
+        let before = plan.len();
+        for key in STEERABLE {
+            if let Some(value) = sub.opt_f64(key).map_err(to_anyhow)? {
+                plan.push(PlannedChange { step, key: key.to_string(), value });
+            }
+        }
+        if plan.len() == before {
+            bail!("{what} changes nothing; give one or more of: {}", STEERABLE.join(", "));
+        }
+    }
+    Ok(plan)
 }
 
 fn run_dir(o: &Opts, kind: &str) -> Result<PathBuf> {
@@ -254,7 +300,7 @@ fn do_train(
     let val: Option<DatasetV> = o.opt_item::<DatasetV>("val", "Dataset").map_err(to_anyhow)?;
     // An empty string means "no resume", so scripts can pass `param("resume", "")` through.
     let resume = o.opt_str("resume").map_err(to_anyhow)?.filter(|s| !s.is_empty()).map(PathBuf::from);
-    let progress = o.bool_or("progress", true).map_err(to_anyhow)?;
+    let progress = o.bool_or("progress", true).map_err(to_anyhow)? && !state::quiet();
     for f in &frozen {
         if nets.iter().any(|n| std::sync::Arc::ptr_eq(&n.0, &f.0)) {
             bail!("{func}: a model is both in nets and in frozen");
@@ -352,6 +398,7 @@ pub fn register(engine: &mut Engine) {
          lr_schedule (\"constant\"|\"cosine\"|\"dann\"|#{every, gamma}), val (Dataset), eval_every, val_batches,\n\
          patience (early stopping), keep_best, augment, seed, precision, channels_last, log_every,\n\
          checkpoint_every, name (run sub-directory), resume (run or checkpoint dir), progress, config (RON preset), guard,\n\
+         steer ([#{step: 5, lr: 0.01}, ...]: planned changes of r_adv, r_da, lambda, lr, eps, alpha at given steps),\n\
          background (true: return a Run at once and train on its own thread; see :help status), threads (a\n\
          background run's intra-op CPU threads; default the session's).",
     )
