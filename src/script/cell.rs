@@ -103,7 +103,7 @@ impl<T: Send> Shared<T> {
         st.writer = true;
         st.held = Some(why);
         drop(st);
-        Ok(Hold { cell: Arc::clone(self) })
+        Ok(Hold { cell: Arc::clone(self), _not_sync: PhantomData })
     }
 }
 
@@ -156,9 +156,11 @@ impl<T> Drop for RefMut<'_, T> {
     }
 }
 
-/// A background run's exclusive claim; releases the value when dropped (also when the run's thread unwinds).
+/// A background run's exclusive claim; releases the value when dropped (also when the run's thread unwinds). It may
+/// move to another thread but not be shared between threads (`T` need not be `Sync`).
 pub struct Hold<T> {
     cell: Arc<Shared<T>>,
+    _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
 impl<T> Hold<T> {

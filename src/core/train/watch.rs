@@ -23,6 +23,8 @@ pub struct Watch {
     networks: Vec<String>,
     /// (when, step) as seen by successive refreshes, for the rate.
     seen: Vec<(Instant, usize)>,
+    /// The furthest position read (see `rewind`).
+    max_pos: usize,
 }
 
 /// A watched run's status: the fields a live run has, plus what only files tell.
@@ -72,6 +74,7 @@ impl Watch {
             cfg: None,
             networks: vec![],
             seen: vec![],
+            max_pos: 0,
         };
         w.refresh()?;
         Ok(w)
@@ -104,6 +107,7 @@ impl Watch {
             self.history = History::default();
             self.events.clear();
             self.skipped = 0;
+            self.max_pos = 0;
         }
         f.seek(SeekFrom::Start(self.offset)).with_context(|| format!("reading {}", path.display()))?;
         let mut buf = Vec::new();
@@ -136,7 +140,7 @@ impl Watch {
         if v["event"].as_str() == Some("set") {
             match (step, v["key"].as_str(), v["old"].as_f64(), v["new"].as_f64()) {
                 (Some(step), Some(key), Some(old), Some(new)) => {
-                    self.rewind(step);
+                    self.rewind(2 * step + 1);
                     self.events.push(SteerEvent { step, key: key.to_string(), old, new })
                 }
                 _ => self.skipped += 1,
@@ -148,20 +152,22 @@ impl Watch {
                 // JSON has no NaN: serde_json writes a non-finite value as null.
                 let value = v["value"].as_f64().unwrap_or(f64::NAN);
                 let epoch = v["epoch"].as_u64().unwrap_or(0) as usize;
-                self.rewind(step + 1);
+                self.rewind(2 * step);
                 self.history.push(step, epoch, split, net, metric, value);
             }
             _ => self.skipped += 1,
         }
     }
 
-    /// A resumed run appends again from its checkpoint's step: points at or after `from` written before the
-    /// interruption are superseded.
-    fn rewind(&mut self, from: usize) {
-        if self.history.points.last().is_some_and(|p| p.step >= from) {
-            self.history.points.retain(|p| p.step < from);
-            self.events.retain(|e| e.step < from);
+    /// A resumed run appends again from its checkpoint's step: what was written after that point before the
+    /// interruption is superseded. Positions order the file: the points logged at step s (2s), then a `set` applied
+    /// at the boundary before step s's batch (2s+1), then the points logged at s+1 (2s+2).
+    fn rewind(&mut self, pos: usize) {
+        if self.max_pos > pos {
+            self.history.points.retain(|p| 2 * p.step < pos);
+            self.events.retain(|e| 2 * e.step + 1 < pos);
         }
+        self.max_pos = pos;
     }
 
     pub fn history(&self) -> &History {
@@ -265,7 +271,7 @@ impl Watch {
         }
     }
 
-    /// The steerable settings in force at `step`: config.ron's, then every recorded `set` up to `step`.
+    /// The steerable settings in force: config.ron's, then every recorded `set` (lambda: its schedule at `step`).
     fn settings(&self, c: &TrainConfig, step: usize, total: Option<usize>) -> Vec<(String, f64)> {
         let progress = total.map_or(0.0, |t| step as f64 / t.max(1) as f64);
         let mut s: Vec<(String, f64)> = [
@@ -281,7 +287,8 @@ impl Watch {
         .collect();
         let alpha_given = c.alpha.is_some();
         let mut alpha_set = alpha_given;
-        for e in self.events.iter().filter(|e| e.step <= step) {
+        // Every recorded event is in force: the run writes one when it applies the change.
+        for e in &self.events {
             if let Some(slot) = s.iter_mut().find(|(k, _)| *k == e.key) {
                 slot.1 = e.new;
             }
@@ -452,8 +459,8 @@ mod tests {
         assert_eq!(w.events().len(), 1);
         let s = w.status();
         assert_eq!((s.status.step, s.status.total, s.status.state), (2, 10, RunState::Running));
-        // The event is at step 3, after the last logged step: not yet in force at step 2.
-        assert_eq!(s.status.settings.iter().find(|(k, _)| k == "r_da").unwrap().1, cfg.r_da);
+        // The run wrote the event when it applied the change: in force now.
+        assert_eq!(s.status.settings.iter().find(|(k, _)| k == "r_da").unwrap().1, 0.4);
         let mut f = std::fs::OpenOptions::new().append(true).open(&m).unwrap();
         use std::io::Write;
         f.write_all(b"ue\":0.75}\n").unwrap();
@@ -464,5 +471,19 @@ mod tests {
         assert_eq!(s.status.settings.iter().find(|(k, _)| k == "r_da").unwrap().1, 0.4);
         assert_eq!(s.skipped, 0);
         assert!(Watch::open(&d.path().join("nope")).is_err());
+        // A resumed run writes again from step 2: the old step-4 point and the step-3 event are superseded.
+        f.write_all(
+            concat!(
+                r#"{"step":2,"epoch":0,"split":"train","net":"A","metric":"clean_acc","value":0.25}"#,
+                "\n",
+                r#"{"step":4,"epoch":0,"split":"train","net":"A","metric":"clean_acc","value":0.5}"#,
+                "\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        w.refresh().unwrap();
+        assert_eq!(w.history().series("train", "A", "clean_acc"), vec![(2, 0.25), (4, 0.5)]);
+        assert!(w.events().is_empty());
     }
 }
