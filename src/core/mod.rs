@@ -1,4 +1,4 @@
-//! The research core: devices and precision, data, models, attacks, training, evaluation, reports.
+//! The research core: devices and precision, data, models, attacks, training, evaluation, statistics, reports.
 pub mod amp;
 pub mod attacks;
 pub mod cancel;
@@ -8,4 +8,5 @@ pub mod eval;
 pub mod fsutil;
 pub mod models;
 pub mod report;
+pub mod stats;
 pub mod train;

@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod models;
 pub mod report;
+pub mod stats;
 pub mod tensor;
 pub mod train;
 
@@ -20,4 +21,5 @@ pub fn register_all(engine: &mut Engine) {
     train::register(engine);
     eval::register(engine);
     report::register(engine);
+    stats::register(engine);
 }
