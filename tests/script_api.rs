@@ -55,6 +55,8 @@ const FIXTURES: &str = r#"
     let h = r.history;
     let nan = parse_float("NaN");
     let inf = parse_float("inf");
+    let mr = masking_report(m, d, #{limit: 2, steps: 1, queries: 1, eps_factors: [1.0]});
+    let rb = robust_eval(m, d, #{limit: 2, steps: 1, queries: 1});
 "#;
 
 fn setup() -> Fx {
@@ -225,6 +227,8 @@ fn accepted(ty: &str) -> &'static [&'static str] {
         "Batches" => &["Batches"],
         "Batch" => &["Batch"],
         "TrainResult" => &["TrainResult"],
+        "MaskingReport" => &["MaskingReport"],
+        "Robust" => &["Robust"],
         "bool" => &["bool"],
         other => panic!("no fixture for parameter type '{other}': add it to accepted() and valid_value()"),
     }
@@ -255,6 +259,8 @@ fn valid_value(func: &str, pname: &str, ty: &str) -> String {
         "Batches" => "bs",
         "Batch" => "b",
         "TrainResult" => "r",
+        "MaskingReport" => "mr",
+        "Robust" => "rb",
         "bool" => "true",
         "?" => "0.5",
         other => panic!("no fixture for parameter type '{other}'"),

@@ -271,3 +271,57 @@ fn script_statistics_functions_return_the_core_numbers() {
         assert!(e.contains(want), "{src}: {e}");
     }
 }
+
+#[test]
+fn record_stores_evaluation_masking_robust_and_confusion_records_with_their_kind() {
+    let dir = tempfile::Builder::new().prefix("satm-stats-record-").tempdir().unwrap();
+    satm::script::state::update(|s| s.out_dir = Some(dir.path().to_path_buf()));
+    let src = r#"
+        threads(1);
+        let d = synthetic(#{n: 24, classes: 4, size: 32, seed: 2});
+        let a = model("vgg_s", #{classes: 4, width: 0.25});
+        let r = evaluate(a, d, #{attack: "fgsm", eps: 4.0/256, limit: 10, seed: 3});
+        let mr = masking_report(a, d, #{limit: 6, steps: 1, queries: 2, eps_factors: [1.0]});
+        let rb = robust_eval(a, d, #{limit: 6, steps: 1, queries: 2});
+        record("r", r); record("mr", mr); record("rb", rb); record("c", confusion(r.labels, r.predictions, #{classes: 4}));
+        record("t", mr.table());
+        #{hits: r.correct.filter(|x| x).len(), acc: r.accuracy, n: r.n, flagged: mr.flagged,
+          keys: mr.checks.map(|c| c.key), stages: rb.stages.len(), worst: rb.worst.correct.len()}
+    "#;
+    let out = run_script(src).unwrap().cast::<rhai::Map>();
+    assert_eq!(out["n"].as_int().unwrap(), 10);
+    assert!((out["hits"].as_int().unwrap() as f64 / 10.0 - out["acc"].as_float().unwrap()).abs() < 1e-12);
+    let keys: Vec<String> = out["keys"].clone().into_array().unwrap().iter().map(|k| k.to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "clean",
+            "bad_gradients",
+            "saturated",
+            "pgd_vs_fgsm",
+            "pgd_vs_rfgsm",
+            "rfgsm_vs_fgsm",
+            "square_vs_pgd",
+            "eps_monotone"
+        ]
+    );
+    assert_eq!(out["stages"].as_int().unwrap(), 4, "clean + APGD-CE + APGD-DLR-T + Square");
+    assert_eq!(out["worst"].as_int().unwrap(), 6);
+    let res: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
+    for (name, kind) in [("r", "eval"), ("mr", "masking"), ("rb", "robust"), ("c", "confusion"), ("t", "table")] {
+        assert_eq!(res[name]["kind"], kind, "{name}: {}", res[name]);
+    }
+    // The stored evaluation record's per-example outcomes count to its stored confusion matrix.
+    let r = &res["r"];
+    let mut counts = vec![vec![0i64; 4]; 4];
+    for (y, p) in r["labels"].as_array().unwrap().iter().zip(r["predictions"].as_array().unwrap()) {
+        counts[y.as_i64().unwrap() as usize][p.as_i64().unwrap() as usize] += 1;
+    }
+    assert_eq!(serde_json::json!(counts), r["confusion"]);
+    assert_eq!(res["c"]["counts"], r["confusion"]);
+    assert_eq!(r["index"].as_array().unwrap().len(), 10);
+    assert_eq!(res["mr"]["flagged"], out["flagged"].as_bool().unwrap());
+    assert_eq!(res["mr"]["checks"].as_array().unwrap().len(), 8);
+    assert_eq!(res["rb"]["worst"]["kind"], "eval");
+    assert_eq!(res["t"]["columns"][0], "Check");
+}
