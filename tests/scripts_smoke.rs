@@ -129,6 +129,12 @@ fn arms_point_trains_the_same_networks_as_paper_tables_and_reports_the_same_hold
         let rows = &results(&out)["arms"]["rows"];
         for j in 0..2 {
             assert_eq!(rows[j][3]["value"], table5[j][col]["value"], "arm {arm}, row {j}: hold-out Cr");
+            // The recorded evaluation records agree too, down to every example's prediction.
+            let name = format!("holdout_{}", ["A", "B"][j]);
+            let (one, all) = (&results(&out)[&name], &results(&pt)[&name][arm]);
+            assert_eq!(one["kind"], "eval");
+            assert_eq!(one["predictions"], all["predictions"], "{name} {arm}");
+            assert_eq!(one["accuracy"], table5[j][col]["value"], "{name} {arm}");
         }
         let _ = std::fs::remove_dir_all(&out);
     }
