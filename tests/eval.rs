@@ -3,7 +3,6 @@
 use anyhow::Result;
 use satm::core::attacks::{AttackKind, AttackSpec};
 use satm::core::data::{BatchOpts, Dataset, SyntheticOpts, synthetic};
-use satm::core::eval::masking::is_flagged;
 use satm::core::eval::tables::{self, Holdout, Pair};
 use satm::core::eval::{
     EvalOpts, MaskingOpts, Metric, RobustOpts, Sources, eps_sweep, evaluate, masking_report, predict, robust_eval,
@@ -127,6 +126,66 @@ fn clean_evaluation_matches_a_direct_count() {
 }
 
 #[test]
+fn per_example_outcomes_sum_to_the_confusion_matrix() {
+    let (_g, (a, b)) = models();
+    let ds = data();
+    let o = EvalOpts {
+        attack: Some(spec(AttackKind::Fgsm, 8.0 / 256.0)),
+        sources: Sources::From(vec![b]),
+        limit: Some(70),
+        seed: 5,
+        batch_size: 16,
+        ..Default::default()
+    };
+    let r = evaluate(a, &ds, &o).unwrap();
+    assert_eq!((r.index.len(), r.labels.len(), r.predictions.len()), (70, 70, 70));
+    // Indices are into the full dataset: distinct, in range, and the labels are the dataset's own labels there.
+    let mut seen = std::collections::HashSet::new();
+    for (&i, &y) in r.index.iter().zip(&r.labels) {
+        assert!((0..256).contains(&i) && seen.insert(i), "index {i}");
+        assert_eq!(ds.labels[i as usize], y, "label of example {i}");
+    }
+    // Counting (label, prediction) pairs by hand gives the confusion matrix; correct sums to its trace.
+    let mut counts = vec![vec![0u64; 4]; 4];
+    for (&y, &p) in r.labels.iter().zip(&r.predictions) {
+        counts[y as usize][p as usize] += 1;
+    }
+    assert_eq!(counts, r.confusion.counts);
+    let hits = r.correct().iter().filter(|&&c| c).count() as u64;
+    assert_eq!(hits, (0..4).map(|c| counts[c][c]).sum::<u64>());
+    assert!((r.accuracy - hits as f64 / 70.0).abs() < 1e-12);
+    assert_eq!(r.attack_name.as_deref(), Some("fgsm"));
+    // Clean predictions are the model's own argmax on those images.
+    let c = evaluate(a, &ds, &EvalOpts { limit: Some(70), seed: 5, ..Default::default() }).unwrap();
+    assert_eq!(c.index, r.index, "the same seed picks the same subset");
+    let idx = Tensor::from_slice(&c.index);
+    let x = ds.images.index_select(0, &idx).to_kind(Kind::Float) / 255.0;
+    let pred = Vec::<i64>::try_from(&predict(a, &x).unwrap().argmax(-1, false)).unwrap();
+    assert_eq!(pred, c.predictions);
+    // The robustness preset keeps per-example outcomes too: its worst-case predictions sum to its matrix.
+    let rb = robust_eval(
+        a,
+        &ds,
+        &RobustOpts {
+            eps: 4.0 / 256.0,
+            limit: Some(24),
+            seed: 2,
+            apgd_steps: 2,
+            square_queries: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut counts = vec![vec![0u64; 4]; 4];
+    for (&y, &p) in rb.worst.labels.iter().zip(&rb.worst.predictions) {
+        counts[y as usize][p as usize] += 1;
+    }
+    assert_eq!(counts, rb.worst.confusion.counts);
+    assert_eq!(rb.worst.index, rb.clean.index);
+    assert_eq!(rb.worst.index.len(), 24);
+}
+
+#[test]
 fn white_box_and_black_box_lower_accuracy() {
     let (_g, (a, b)) = models();
     let ds = data();
@@ -246,7 +305,8 @@ fn robust_eval_is_worst_case_and_records_settings() {
     let r = robust_eval(a, &ds, &o).unwrap();
     let clean = evaluate(a, &ds, &EvalOpts { limit: Some(96), seed: 4, ..Default::default() }).unwrap();
     assert_eq!(r.clean.confusion, clean.confusion);
-    let rates: Vec<f64> = r.table.rows.iter().map(|row| row[2].value().unwrap()).collect();
+    let table = r.table();
+    let rates: Vec<f64> = table.rows.iter().map(|row| row[2].value().unwrap()).collect();
     assert_eq!(rates.len(), 4, "clean + APGD-CE + APGD-DLR-T + Square");
     assert!(rates.windows(2).all(|w| w[1] <= w[0]), "cumulative robust accuracy must not grow: {rates:?}");
     assert!(r.worst.accuracy < clean.accuracy);
@@ -258,7 +318,7 @@ fn robust_eval_is_worst_case_and_records_settings() {
     let alone =
         evaluate(a, &ds, &EvalOpts { attack: Some(ce), limit: Some(96), seed: 4, ..Default::default() }).unwrap();
     assert!(r.worst.accuracy <= alone.accuracy + 1e-12);
-    let notes = r.table.notes.join("\n");
+    let notes = table.notes.join("\n");
     assert!(notes.contains("ε = 8/256") && notes.contains("seed 4") && notes.contains("queries=200"), "{notes}");
 }
 
@@ -276,17 +336,20 @@ fn masking_report_flags_detached_gradients_and_passes_a_normal_model() {
         ..Default::default()
     };
     let ok = masking_report(a, &ds, &o).unwrap();
-    assert!(!is_flagged(&ok), "a normal model was flagged:\n{ok}");
+    assert!(!ok.flagged, "a normal model was flagged:\n{ok}");
     if std::env::var_os("SATM_SHOW").is_some() {
         println!("{ok}");
     }
     let masked = Detached(a);
     let bad = masking_report(&masked, &ds, &o).unwrap();
-    assert!(is_flagged(&bad), "a model without input gradients passed:\n{bad}");
+    assert!(bad.flagged, "a model without input gradients passed:\n{bad}");
     if std::env::var_os("SATM_SHOW").is_some() {
         println!("{bad}");
     }
-    let grad_row = &bad.rows[1];
+    let bad_grad = bad.check("bad_gradients").unwrap();
+    assert!(bad_grad.flagged && bad_grad.value == Some(1.0), "{bad_grad:?}");
+    let bad_table = bad.table();
+    let grad_row = &bad_table.rows[1];
     assert_eq!(grad_row[1], Cell::rate(1.0), "every input gradient is missing");
     assert_eq!(grad_row[4], Cell::text("FLAG"));
 }
@@ -316,7 +379,7 @@ fn script_api_evaluates_and_fills_tables() {
         let rb = robust_eval(a, d, #{eps: 4.0/256, steps: 2, queries: 4, limit: 16});
         let mr = masking_report(a, d, #{eps: 4.0/256, steps: 2, queries: 4, limit: 16, eps_factors: [1.0]});
         #{clean: clean, wb: wb, bb: bb, tm: tm.cell(0, 1), sw: sw, t2: t2.to_markdown(), t5: t5.columns,
-          t1: t1.columns, rb: rb.rows(), mr: mr.cell(mr.rows() - 1, "Check").value}
+          t1: t1.columns, rb: rb.table().rows(), mr: mr.table().cell(mr.table().rows() - 1, "Check").value}
     "#;
     let out = run_script(src).unwrap().cast::<rhai::Map>();
     let get = |k: &str| out.get(k).unwrap().clone();

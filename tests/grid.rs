@@ -21,11 +21,13 @@ record("acc", t);
 record("loss", 1.0 + fold * fold);
 "#;
 
-/// The same results, the table written as a map in the Table JSON form.
+/// The same results, the table written as a map in the Table JSON form (with `kind: "table"`, as `record` writes a
+/// table: collect merges tables by their kind, never by their shape).
 const MAP_TABLE_SCRIPT: &str = r#"
 let off = if arm == "satm" { 0.3 } else if arm == "ensemble" { 0.2 } else { 0.0 };
 let cr = 0.1 * fold + off;
 record("acc", #{
+    kind: "table",
     title: "Accuracy",
     columns: ["net", "Cr", "bb"],
     rows: [
@@ -217,9 +219,19 @@ fn grid_collect_equals_hand_computed_mean_std() {
     check_acc_table(&acc, &[0.0, 1.0, 2.0], &[("undefended", 0.0), ("satm", 0.3)]);
     // Scalars: loss = 1 + fold² → 1, 2, 5 per arm.
     let sc = read_json(&d.path().join("g/collected/scalars.json"));
-    assert_eq!(sc["columns"], serde_json::json!(["arm", "name", "mean", "std", "n", "of"]));
+    assert_eq!(
+        sc["columns"],
+        serde_json::json!(["arm", "name", "mean", "std", "n", "of", "95% CI low", "95% CI high"])
+    );
     let (m, s) = mean_std(&[1.0, 2.0, 5.0]);
     assert!(close(&sc["rows"][0][2]["value"], m) && close(&sc["rows"][0][3]["value"], s), "{}", sc["rows"][0]);
+    // 95% t interval with 2 degrees of freedom: t(0.975, 2) = 4.302652729749464.
+    let half = 4.302652729749464 * s / 3f64.sqrt();
+    assert!(
+        close(&sc["rows"][0][6]["value"], m - half) && close(&sc["rows"][0][7]["value"], m + half),
+        "{}",
+        sc["rows"][0]
+    );
     assert_eq!(sc["rows"][0][4]["value"], 3);
     let csv = std::fs::read_to_string(d.path().join("g/collected/acc.csv")).unwrap();
     assert_eq!(csv.lines().next().unwrap(), "arm,net,Cr,Cr std,bb before,bb after,bb before std,bb after std");
@@ -291,7 +303,7 @@ fn grid_collect_names_missing_and_failed_points_and_retry_failed_reruns_them() {
     let o = satm(d.path(), &["grid", "collect", "g", "--strict"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("Not merged (neither numbers nor tables): 'tried' (bool)"),
+        String::from_utf8_lossy(&o.stdout).contains("Not merged (not a number, table or record): 'tried' (bool)"),
         "{}",
         text(&o)
     );

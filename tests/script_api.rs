@@ -59,6 +59,8 @@ const FIXTURES: &str = r#"
     let w = watch(r.dir);
     let nan = parse_float("NaN");
     let inf = parse_float("inf");
+    let mr = masking_report(m, d, #{limit: 2, steps: 1, queries: 1, eps_factors: [1.0]});
+    let rb = robust_eval(m, d, #{limit: 2, steps: 1, queries: 1});
 "#;
 
 /// Every panic in this process, caught or not (a registered function's `guard` turns a panic into a script error:
@@ -274,6 +276,8 @@ fn accepted(ty: &str) -> &'static [&'static str] {
         "TrainResult" => &["TrainResult"],
         "Run" => &["Run"],
         "Watcher" => &["Watcher"],
+        "MaskingReport" => &["MaskingReport"],
+        "Robust" => &["Robust"],
         "bool" => &["bool"],
         other => panic!("no fixture for parameter type '{other}': add it to accepted() and valid_value()"),
     }
@@ -300,6 +304,8 @@ fn valid_value(func: &str, pname: &str, ty: &str) -> String {
         "TrainResult" => "r",
         "Run" => "run",
         "Watcher" => "w",
+        "MaskingReport" => "mr",
+        "Robust" => "rb",
         "bool" => "true",
         "?" => "0.5",
         other => panic!("no fixture for parameter type '{other}'"),

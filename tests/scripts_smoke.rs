@@ -129,6 +129,12 @@ fn arms_point_trains_the_same_networks_as_paper_tables_and_reports_the_same_hold
         let rows = &results(&out)["arms"]["rows"];
         for j in 0..2 {
             assert_eq!(rows[j][3]["value"], table5[j][col]["value"], "arm {arm}, row {j}: hold-out Cr");
+            // The recorded evaluation records agree too, down to every example's prediction.
+            let name = format!("holdout_{}", ["A", "B"][j]);
+            let (one, all) = (&results(&out)[&name], &results(&pt)[&name][arm]);
+            assert_eq!(one["kind"], "eval");
+            assert_eq!(one["predictions"], all["predictions"], "{name} {arm}");
+            assert_eq!(one["accuracy"], table5[j][col]["value"], "{name} {arm}");
         }
         let _ = std::fs::remove_dir_all(&out);
     }
@@ -172,6 +178,17 @@ fn arms_grid_collects_one_row_per_arm_and_network() {
     let arms: Vec<&str> = rows.iter().map(|r| r[0]["value"].as_str().unwrap()).collect();
     assert_eq!(arms, ["undefended", "undefended", "satm", "satm"], "{t}");
     assert!(rows.iter().all(|r| r[3]["n"] == 2), "means over the 2 folds: {t}");
+    // The recorded hold-out evaluations are paired by fold: satm − undefended over 2 folds for each network.
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("collected/comparisons.json")).unwrap()).unwrap();
+    let pairs: Vec<(&str, &str, i64)> = c["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r[6]["value"].as_i64() == Some(2))
+        .map(|r| (r[0]["value"].as_str().unwrap(), r[1]["value"].as_str().unwrap(), r[6]["value"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(pairs, [("holdout_A", "satm − undefended", 2), ("holdout_B", "satm − undefended", 2)], "{c}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

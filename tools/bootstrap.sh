@@ -18,4 +18,8 @@ fi
 if ! "$VENV/bin/python" -c "import torchvision, safetensors" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet "torchvision==0.28.0" safetensors pillow >&2
 fi
+# The statistics cross-checks (tests/stats.rs) compare against scipy.stats.
+if ! "$VENV/bin/python" -c "import scipy.stats" 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet "scipy==1.17.1" >&2
+fi
 echo "$VENV"

@@ -1,4 +1,4 @@
-//! The research core: devices and precision, data, models, attacks, training, evaluation, reports.
+//! The research core: devices and precision, data, models, attacks, training, evaluation, statistics, reports.
 pub mod amp;
 pub mod attacks;
 pub mod cancel;
@@ -11,4 +11,5 @@ pub mod models;
 pub mod paths;
 pub mod report;
 pub mod tensorio;
+pub mod stats;
 pub mod train;

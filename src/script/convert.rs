@@ -323,8 +323,20 @@ pub fn json_to_dynamic(v: &serde_json::Value) -> Dynamic {
     }
 }
 
-/// Converts a Rhai value (numbers, strings, arrays, maps) into JSON, for recorded results. Custom types become their
-/// `to_string` text.
+/// A table's JSON as `record` stores it: `kind: "table"` beside `{title, columns, rows, notes}`, so that `satm grid
+/// collect` knows it is a table without guessing from its shape.
+pub fn table_json(t: &crate::core::report::Table) -> serde_json::Value {
+    let mut v = t.to_json_value();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("kind".into(), "table".into());
+    }
+    v
+}
+
+/// Converts a Rhai value (numbers, strings, arrays, maps) into JSON, for recorded results. Records become JSON
+/// objects tagged with their `kind`: tables ("table"), masking reports ("masking"), robustness results ("robust"),
+/// confusion matrices ("confusion"); evaluate results are maps that carry `kind: "eval"` themselves. Other custom
+/// types become their `to_string` text.
 pub fn dynamic_to_json(v: &Dynamic) -> serde_json::Value {
     use serde_json::Value;
     if v.is_unit() {
@@ -342,6 +354,14 @@ pub fn dynamic_to_json(v: &Dynamic) -> serde_json::Value {
     } else if v.is_map() {
         let m = v.clone().cast::<Map>();
         Value::Object(m.iter().map(|(k, v)| (k.to_string(), dynamic_to_json(v))).collect())
+    } else if let Some(t) = v.read_lock::<crate::core::report::Table>() {
+        table_json(&t)
+    } else if let Some(r) = v.read_lock::<crate::core::eval::MaskingReport>() {
+        crate::script::api::eval::masking_json(&r)
+    } else if let Some(r) = v.read_lock::<crate::script::api::eval::RobustV>() {
+        crate::script::api::eval::robust_json(&r)
+    } else if let Some(c) = v.read_lock::<crate::core::eval::Confusion>() {
+        crate::script::api::stats::confusion_json(&c)
     } else {
         Value::String(v.to_string())
     }

@@ -128,16 +128,126 @@ fn attempt(r: Result<EvalResult>) -> Result<std::result::Result<f64, String>> {
     }
 }
 
-fn value_cell(v: &std::result::Result<f64, String>) -> Cell {
-    match v {
-        Ok(x) => Cell::rate(*x),
-        Err(_) => Cell::text("attack failed"),
+/// One check of the masking report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MaskingCheck {
+    /// A stable identifier: `clean`, `bad_gradients`, `saturated`, `pgd_vs_fgsm`, `pgd_vs_rfgsm`, `rfgsm_vs_fgsm`,
+    /// `square_vs_pgd`, `transfer_vs_pgd`, `eps_monotone`.
+    pub key: String,
+    /// What the table's Check column shows ("PGD-20 vs FGSM (white-box)").
+    pub name: String,
+    /// The measured rate (`None`: the attack failed, or the check has no single number).
+    pub value: Option<f64>,
+    /// The rate it is compared with, if any.
+    pub reference: Option<f64>,
+    /// Whether the check fails on this model.
+    pub flagged: bool,
+    /// What a sound model shows.
+    pub expected: String,
+    /// Why it is flagged (the violated ordering or the attack's error); empty when it is not.
+    pub why: String,
+    /// "ok", "FLAG", "warn" (reported, not flagged) or "info".
+    pub verdict: String,
+    /// Text shown instead of `value` (the ε sweep; "attack failed").
+    pub value_text: Option<String>,
+    pub reference_text: Option<String>,
+}
+
+/// The gradient-masking report: typed checks and the overall verdict; [`MaskingReport::table`] renders it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MaskingReport {
+    pub model: String,
+    pub eps: f64,
+    pub seed: u64,
+    pub n: u64,
+    pub tolerance: f64,
+    pub checks: Vec<MaskingCheck>,
+    /// Whether any check is flagged.
+    pub flagged: bool,
+    pub verdict: String,
+    /// PGD accuracy at each ε of the monotonicity check (`None`: the attack failed).
+    pub eps_sweep: Vec<(f64, Option<f64>)>,
+    pub notes: Vec<String>,
+}
+
+impl MaskingReport {
+    /// The check with this key.
+    pub fn check(&self, key: &str) -> Option<&MaskingCheck> {
+        self.checks.iter().find(|c| c.key == key)
+    }
+
+    /// One row per check (Check, Value, Compared with, Expected of a sound model, Verdict) and a last row with the
+    /// overall verdict.
+    pub fn table(&self) -> Table {
+        let mut t = Table::new(
+            format!("Gradient-masking checks for {} (L∞, ε = {})", self.model, fmt_eps(self.eps)),
+            &["Check", "Value", "Compared with", "Expected of a sound model", "Verdict"],
+        );
+        let cell = |v: Option<f64>, text: &Option<String>| match (text, v) {
+            (Some(s), _) => Cell::text(s.clone()),
+            (None, Some(x)) => Cell::rate(x),
+            (None, None) => Cell::Empty,
+        };
+        for c in &self.checks {
+            t.rows.push(vec![
+                Cell::text(c.name.clone()),
+                cell(c.value, &c.value_text),
+                cell(c.reference, &c.reference_text),
+                if c.expected.is_empty() { Cell::Empty } else { Cell::text(c.expected.clone()) },
+                Cell::text(c.verdict.clone()),
+            ]);
+        }
+        t.rows.push(vec![
+            Cell::text("overall"),
+            Cell::Empty,
+            Cell::Empty,
+            Cell::text(self.verdict.clone()),
+            Cell::text(if self.flagged { "FLAG" } else { "ok" }),
+        ]);
+        t.notes = self.notes.clone();
+        t
     }
 }
 
-/// The gradient-masking report of `model`: one row per check with the measured rate, the rate it is compared with,
-/// the expectation for a sound model and a verdict ("ok" or "FLAG"), and a last row with the overall verdict.
-pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -> Result<Table> {
+impl std::fmt::Display for MaskingReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.table().render())
+    }
+}
+
+/// A comparison check between two measured rates: `flag(value, reference)` says whether the ordering is violated;
+/// a failed attack flags the check.
+fn ordered(
+    key: &str,
+    name: String,
+    value: &std::result::Result<f64, String>,
+    reference: &std::result::Result<f64, String>,
+    expected: String,
+    flag: impl Fn(f64, f64) -> bool,
+) -> MaskingCheck {
+    let (flagged, why) = match (value, reference) {
+        (Ok(v), Ok(r)) if flag(*v, *r) => (true, format!("{:.2}% vs {:.2}%: not {expected}", v * 100.0, r * 100.0)),
+        (Ok(_), Ok(_)) => (false, String::new()),
+        (Err(e), _) | (_, Err(e)) => (true, format!("attack failed: {e}")),
+    };
+    let text = |r: &std::result::Result<f64, String>| r.as_ref().err().map(|_| "attack failed".to_string());
+    MaskingCheck {
+        key: key.into(),
+        name,
+        value: value.as_ref().ok().copied(),
+        reference: reference.as_ref().ok().copied(),
+        flagged,
+        expected,
+        why,
+        verdict: if flagged { "FLAG" } else { "ok" }.into(),
+        value_text: text(value),
+        reference_text: text(reference),
+    }
+}
+
+/// The gradient-masking report of `model`: one check per ordering a sound model satisfies, with the measured rate,
+/// the rate it is compared with, the expectation and a verdict, and the overall verdict.
+pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -> Result<MaskingReport> {
     let sub = eval_subset(data, o.limit, o.seed)?;
     let d = sub.as_ref().unwrap_or(data);
     let base = EvalOpts { batch_size: o.batch_size, seed: o.seed, ..EvalOpts::default() };
@@ -159,102 +269,101 @@ pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -
     let a_pgd = run(pgd.clone())?;
     let a_square = run(square.clone())?;
     let tol = o.tolerance;
+    let pct = |x: f64| format!("{:.0}%", x * 100.0);
 
-    let mut t = Table::new(
-        format!("Gradient-masking checks for {} (L∞, ε = {})", model.label(), fmt_eps(o.eps)),
-        &["Check", "Value", "Compared with", "Expected of a sound model", "Verdict"],
-    );
-    let mut flagged: Vec<String> = vec![];
-    let mut row = |t: &mut Table, check: &str, v: Cell, r: Cell, expect: String, flag: bool| -> Result<()> {
-        if flag {
-            flagged.push(check.to_string());
-        }
-        t.push(vec![Cell::text(check), v, r, Cell::text(expect), Cell::text(if flag { "FLAG" } else { "ok" })])
-    };
-    t.push(vec![Cell::text("clean accuracy"), Cell::rate(clean), Cell::Empty, Cell::Empty, Cell::text("info")])?;
-    row(
-        &mut t,
-        "zero or NaN/Inf input gradients (margin loss)",
-        Cell::rate(gh.zero + gh.nonfinite),
-        Cell::Empty,
-        format!(
-            "≤ {:.0}% of examples ({:.1}% zero, {:.1}% NaN/Inf)",
-            o.max_bad_grad * 100.0,
+    let mut checks = vec![MaskingCheck {
+        key: "clean".into(),
+        name: "clean accuracy".into(),
+        value: Some(clean),
+        reference: None,
+        flagged: false,
+        expected: String::new(),
+        why: String::new(),
+        verdict: "info".into(),
+        value_text: None,
+        reference_text: None,
+    }];
+    let bad = gh.zero + gh.nonfinite;
+    checks.push(MaskingCheck {
+        key: "bad_gradients".into(),
+        name: "zero or NaN/Inf input gradients (margin loss)".into(),
+        value: Some(bad),
+        reference: None,
+        flagged: bad > o.max_bad_grad,
+        expected: format!(
+            "≤ {} of examples ({:.1}% zero, {:.1}% NaN/Inf)",
+            pct(o.max_bad_grad),
             gh.zero * 100.0,
             gh.nonfinite * 100.0
         ),
-        gh.zero + gh.nonfinite > o.max_bad_grad,
-    )?;
+        why: if bad > o.max_bad_grad {
+            format!("{:.1}% of examples have no usable input gradient", bad * 100.0)
+        } else {
+            String::new()
+        },
+        verdict: if bad > o.max_bad_grad { "FLAG" } else { "ok" }.into(),
+        value_text: None,
+        reference_text: None,
+    });
     // Saturated softmax is reported but not flagged on its own: it blinds CE attacks, which the comparisons below
     // catch when it matters (Square or transfer beating white-box).
     let saturated = gh.saturated > o.max_bad_grad;
-    t.push(vec![
-        Cell::text("zero cross-entropy gradients (saturated softmax)"),
-        Cell::rate(gh.saturated),
-        Cell::Empty,
-        Cell::text(format!("≤ {:.0}%; above it, CE attacks are blind there (use APGD-DLR)", o.max_bad_grad * 100.0)),
-        Cell::text(if saturated { "warn" } else { "ok" }),
-    ])?;
+    checks.push(MaskingCheck {
+        key: "saturated".into(),
+        name: "zero cross-entropy gradients (saturated softmax)".into(),
+        value: Some(gh.saturated),
+        reference: None,
+        flagged: false,
+        expected: format!("≤ {}; above it, CE attacks are blind there (use APGD-DLR)", pct(o.max_bad_grad)),
+        why: String::new(),
+        verdict: if saturated { "warn" } else { "ok" }.into(),
+        value_text: None,
+        reference_text: None,
+    });
     // Multi-step white-box must be at least as strong as single-step.
     let pgd_name = format!("PGD-{}", pgd.steps);
-    for (name, single) in [("FGSM", &a_fgsm), ("R+FGSM", &a_rfgsm)] {
-        let flag = match (&a_pgd, single) {
-            (Ok(p), Ok(s)) => *p > s + tol,
-            _ => true,
-        };
-        row(
-            &mut t,
-            &format!("{pgd_name} vs {name} (white-box)"),
-            value_cell(&a_pgd),
-            value_cell(single),
-            format!("{pgd_name} ≤ {name} + {:.0}%", tol * 100.0),
-            flag,
-        )?;
+    for (key, name, single) in [("pgd_vs_fgsm", "FGSM", &a_fgsm), ("pgd_vs_rfgsm", "R+FGSM", &a_rfgsm)] {
+        checks.push(ordered(
+            key,
+            format!("{pgd_name} vs {name} (white-box)"),
+            &a_pgd,
+            single,
+            format!("{pgd_name} ≤ {name} + {}", pct(tol)),
+            |p, s| p > s + tol,
+        ));
     }
     // A random step before the gradient step only helps when the local gradient misleads (Tramèr et al.).
-    let flag = match (&a_rfgsm, &a_fgsm) {
-        (Ok(r), Ok(f)) => *r < f - tol,
-        _ => true,
-    };
-    row(
-        &mut t,
-        "R+FGSM vs FGSM",
-        value_cell(&a_rfgsm),
-        value_cell(&a_fgsm),
-        format!("R+FGSM ≥ FGSM − {:.0}%", tol * 100.0),
-        flag,
-    )?;
+    checks.push(ordered(
+        "rfgsm_vs_fgsm",
+        "R+FGSM vs FGSM".into(),
+        &a_rfgsm,
+        &a_fgsm,
+        format!("R+FGSM ≥ FGSM − {}", pct(tol)),
+        |r, f| r < f - tol,
+    ));
     // Black-box attacks see less than white-box ones; if they do better, the white-box gradients are bad.
-    let flag = match (&a_square, &a_pgd) {
-        (Ok(s), Ok(p)) => *s < p - tol,
-        _ => true,
-    };
-    row(
-        &mut t,
-        &format!("Square-{} (black-box) vs {pgd_name}", square.queries),
-        value_cell(&a_square),
-        value_cell(&a_pgd),
-        format!("Square ≥ {pgd_name} − {:.0}%", tol * 100.0),
-        flag,
-    )?;
+    checks.push(ordered(
+        "square_vs_pgd",
+        format!("Square-{} (black-box) vs {pgd_name}", square.queries),
+        &a_square,
+        &a_pgd,
+        format!("Square ≥ {pgd_name} − {}", pct(tol)),
+        |s, p| s < p - tol,
+    ));
     if let Some(src) = o.source {
         let a_tr = attempt(evaluate(
             model,
             d,
             &EvalOpts { attack: Some(pgd.clone()), sources: Sources::From(vec![src]), ..base.clone() },
         ))?;
-        let flag = match (&a_tr, &a_pgd) {
-            (Ok(s), Ok(p)) => *s < p - tol,
-            _ => true,
-        };
-        row(
-            &mut t,
-            &format!("transfer {pgd_name} from {} vs white-box", src.label()),
-            value_cell(&a_tr),
-            value_cell(&a_pgd),
-            format!("transfer ≥ white-box − {:.0}%", tol * 100.0),
-            flag,
-        )?;
+        checks.push(ordered(
+            "transfer_vs_pgd",
+            format!("transfer {pgd_name} from {} vs white-box", src.label()),
+            &a_tr,
+            &a_pgd,
+            format!("transfer ≥ white-box − {}", pct(tol)),
+            |s, p| s < p - tol,
+        ));
     }
     // Accuracy must not grow with the budget.
     let mut sweep = vec![];
@@ -270,36 +379,58 @@ pub fn masking_report(model: &dyn Classifier, data: &Dataset, o: &MaskingOpts) -
             Err(_) => format!("{}: failed", fmt_eps(*e)),
         })
         .collect();
-    let monotone = sweep.windows(2).all(|w| matches!((&w[0].1, &w[1].1), (Ok(a), Ok(b)) if *b <= a + tol));
-    row(
-        &mut t,
-        &format!("{pgd_name} accuracy vs ε"),
-        Cell::text(text.join(", ")),
-        Cell::Empty,
-        format!("non-increasing in ε (± {:.0}%)", tol * 100.0),
-        !monotone || sweep.iter().any(|s| s.1.is_err()),
-    )?;
+    let rising: Vec<String> = sweep
+        .windows(2)
+        .filter(|w| !matches!((&w[0].1, &w[1].1), (Ok(a), Ok(b)) if *b <= a + tol))
+        .map(|w| format!("{} → {}", fmt_eps(w[0].0), fmt_eps(w[1].0)))
+        .collect();
+    let failed = sweep.iter().any(|s| s.1.is_err());
+    let flag = !rising.is_empty() || failed;
+    checks.push(MaskingCheck {
+        key: "eps_monotone".into(),
+        name: format!("{pgd_name} accuracy vs ε"),
+        value: None,
+        reference: None,
+        flagged: flag,
+        expected: format!("non-increasing in ε (± {})", pct(tol)),
+        why: if failed {
+            "an attack of the sweep failed".into()
+        } else if flag {
+            format!("accuracy grows with ε at {}", rising.join(", "))
+        } else {
+            String::new()
+        },
+        verdict: if flag { "FLAG" } else { "ok" }.into(),
+        value_text: Some(text.join(", ")),
+        reference_text: None,
+    });
+    let flagged: Vec<&str> = checks.iter().filter(|c| c.flagged).map(|c| c.name.as_str()).collect();
     let verdict = if flagged.is_empty() {
         "no sign of gradient masking".to_string()
     } else {
         format!("possible gradient masking: {}", flagged.join("; "))
     };
     let verdict = if saturated { format!("{verdict} (warning: saturated softmax)") } else { verdict };
-    let overall = if flagged.is_empty() { "ok" } else { "FLAG" };
-    t.push(vec![Cell::text("overall"), Cell::Empty, Cell::Empty, Cell::text(verdict), Cell::text(overall)])?;
-    t.note(format!("n = {} of '{}', seed {}, tolerance {:.0} points", gh.n, data.name, o.seed, tol * 100.0));
+    let mut notes =
+        vec![format!("n = {} of '{}', seed {}, tolerance {:.0} points", gh.n, data.name, o.seed, tol * 100.0)];
     for a in [&fgsm, &rfgsm, &pgd, &square] {
-        t.note(format!("attack: {}", a.describe()));
+        notes.push(format!("attack: {}", a.describe()));
     }
     for (name, r) in [("FGSM", &a_fgsm), ("R+FGSM", &a_rfgsm), (pgd_name.as_str(), &a_pgd), ("Square", &a_square)] {
         if let Err(e) = r {
-            t.note(format!("{name} failed: {e}"));
+            notes.push(format!("{name} failed: {e}"));
         }
     }
-    Ok(t)
-}
-
-/// Whether a masking report's overall verdict is a flag.
-pub fn is_flagged(report: &Table) -> bool {
-    report.rows.last().and_then(|r| r.last()).is_some_and(|c| *c == Cell::text("FLAG"))
+    Ok(MaskingReport {
+        model: model.label(),
+        eps: o.eps,
+        seed: o.seed,
+        n: gh.n,
+        tolerance: tol,
+        flagged: !flagged.is_empty(),
+        checks,
+        verdict,
+        eps_sweep: sweep.iter().map(|(e, a)| (*e, a.as_ref().ok().copied())).collect(),
+        notes,
+    })
 }

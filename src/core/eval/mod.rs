@@ -9,9 +9,9 @@ pub mod metrics;
 pub mod robust;
 pub mod tables;
 
-pub use masking::{MaskingOpts, masking_report};
+pub use masking::{MaskingCheck, MaskingOpts, MaskingReport, masking_report};
 pub use metrics::{Confusion, Rates, mean_std};
-pub use robust::{RobustOpts, RobustResult, robust_eval};
+pub use robust::{RobustOpts, RobustResult, RobustStage, robust_eval};
 pub use tables::{ChangeRow, Pair, VariantsRow, change_table, variants_table};
 
 use crate::core::attacks::{AttackSpec, craft};
@@ -19,7 +19,7 @@ use crate::core::data::{BatchOpts, Dataset, rng};
 use crate::core::models::Classifier;
 use crate::core::{cancel, device};
 use anyhow::{Context, Result, bail};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Whose gradients craft the adversarial examples.
 #[derive(Clone, Default)]
@@ -68,9 +68,21 @@ pub struct EvalResult {
     /// Whether the attack was crafted on the evaluated model itself (white-box).
     pub white_box: bool,
     pub seed: u64,
+    /// The attack's name (`"r_step_ll"`, ...; `None` for clean evaluation).
+    pub attack_name: Option<String>,
+    /// Per example, in evaluation order: its index in the evaluated dataset (the `limit` subset keeps the indices of
+    /// the full set), its true label and the prediction. The confusion matrix counts exactly these pairs.
+    pub index: Vec<i64>,
+    pub labels: Vec<i64>,
+    pub predictions: Vec<i64>,
 }
 
 impl EvalResult {
+    /// Per example: whether the prediction equals the true label.
+    pub fn correct(&self) -> Vec<bool> {
+        self.labels.iter().zip(&self.predictions).map(|(y, p)| y == p).collect()
+    }
+
     pub fn rates(&self) -> Rates {
         Rates { accuracy: self.accuracy, one_off: self.one_off, n: self.n }
     }
@@ -85,16 +97,21 @@ impl EvalResult {
     }
 }
 
+/// The indices of the seeded subset of `limit` examples in dataset order (`None`: all of them).
+pub fn subset_indices(len: usize, limit: Option<usize>, seed: u64) -> Option<Vec<i64>> {
+    match limit {
+        Some(l) if l < len => {
+            let mut idx: Vec<i64> = rng::permutation(len, seed, 7)[..l].to_vec();
+            idx.sort_unstable();
+            Some(idx)
+        }
+        _ => None,
+    }
+}
+
 /// The examples an evaluation uses: all of `data`, or a seeded subset of `limit` examples in dataset order.
 pub fn eval_subset(data: &Dataset, limit: Option<usize>, seed: u64) -> Result<Option<Dataset>> {
-    match limit {
-        Some(l) if l < data.len() => {
-            let mut idx: Vec<i64> = rng::permutation(data.len(), seed, 7)[..l].to_vec();
-            idx.sort_unstable();
-            Ok(Some(data.subset(&idx)?))
-        }
-        _ => Ok(None),
-    }
+    subset_indices(data.len(), limit, seed).map(|idx| data.subset(&idx)).transpose()
 }
 
 /// Batches in dataset order (no shuffle, no augmentation) on `device`.
@@ -127,12 +144,29 @@ pub(crate) fn check_classes(model: &dyn Classifier, data: &Dataset) -> Result<()
 }
 
 /// Evaluates `model` on `data`: clean (no attack), white-box (attack crafted on `model`) or black-box (crafted on
-/// `opts.sources`). Batch-wise; only the confusion matrix is kept.
+/// `opts.sources`). Batch-wise; keeps the confusion matrix and every example's index, label and prediction.
 pub fn evaluate(model: &dyn Classifier, data: &Dataset, opts: &EvalOpts) -> Result<EvalResult> {
-    let sub = eval_subset(data, opts.limit, opts.seed)?;
-    let data = sub.as_ref().unwrap_or(data);
-    let mut results = evaluate_many(&[model], data, opts.attack.as_ref(), &opts.sources, opts)?;
+    let mut results = evaluate_subset(&[model], data, opts.attack.as_ref(), &opts.sources, opts)?;
     results.pop().context("no result")
+}
+
+/// [`evaluate_many`] on the `limit` subset of `data`, with example indices into `data`.
+fn evaluate_subset(
+    targets: &[&dyn Classifier],
+    data: &Dataset,
+    attack: Option<&AttackSpec>,
+    sources: &Sources,
+    opts: &EvalOpts,
+) -> Result<Vec<EvalResult>> {
+    let idx = subset_indices(data.len(), opts.limit, opts.seed);
+    let sub = idx.as_ref().map(|i| data.subset(i)).transpose()?;
+    let mut results = evaluate_many(targets, sub.as_ref().unwrap_or(data), attack, sources, opts)?;
+    if let Some(idx) = idx {
+        for r in &mut results {
+            r.index = r.index.iter().map(|&i| idx[i as usize]).collect();
+        }
+    }
+    Ok(results)
 }
 
 /// Evaluates several targets on the same adversarial examples: crafted once per batch (on `sources`, or on the
@@ -170,6 +204,8 @@ fn evaluate_many(
     let device = opts.device.unwrap_or_else(|| first.device());
     let classes = data.num_classes() as usize;
     let mut conf: Vec<Confusion> = targets.iter().map(|_| Confusion::new(classes)).collect();
+    let mut preds: Vec<Vec<i64>> = targets.iter().map(|_| Vec::with_capacity(data.len())).collect();
+    let mut labels: Vec<i64> = Vec::with_capacity(data.len());
     device::seed_everything(opts.seed);
     for b in eval_batches(data, opts.batch_size, device)? {
         cancel::check()?;
@@ -178,16 +214,26 @@ fn evaluate_many(
             None => b.x,
             Some(a) => craft(a, &srcs, &b.x, &b.y).with_context(|| format!("crafting {} examples", a.name()))?,
         };
-        for (t, c) in targets.iter().zip(conf.iter_mut()) {
-            c.update(&predict(*t, &x)?, &b.y)?;
+        labels.extend(Vec::<i64>::try_from(&b.y.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?)?);
+        for ((t, c), p) in targets.iter().zip(conf.iter_mut()).zip(preds.iter_mut()) {
+            // [B, C] -> [B]
+            let pred = predict(*t, &x)?.f_argmax(-1, false)?;
+            c.update(&pred, &b.y)?;
+            p.extend(Vec::<i64>::try_from(&pred.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?)?);
         }
     }
+    let index: Vec<i64> = (0..labels.len() as i64).collect();
     Ok(targets
         .iter()
         .zip(conf)
-        .map(|(t, c)| {
+        .zip(preds)
+        .map(|((t, c), predictions)| {
             let r = c.compute();
             EvalResult {
+                attack_name: attack.map(|a| a.kind.name().to_string()),
+                index: index.clone(),
+                labels: labels.clone(),
+                predictions,
                 accuracy: r.accuracy,
                 one_off: r.one_off,
                 n: r.n,
@@ -217,9 +263,7 @@ pub fn transfer_results(
     if sources.is_empty() || targets.is_empty() {
         bail!("transfer matrix: need at least one source and one target");
     }
-    let sub = eval_subset(data, opts.limit, opts.seed)?;
-    let data = sub.as_ref().unwrap_or(data);
-    sources.iter().map(|s| evaluate_many(targets, data, Some(attack), &Sources::From(vec![*s]), opts)).collect()
+    sources.iter().map(|s| evaluate_subset(targets, data, Some(attack), &Sources::From(vec![*s]), opts)).collect()
 }
 
 /// Which rate a matrix or sweep table shows.

@@ -43,13 +43,52 @@ impl Default for RobustOpts {
     }
 }
 
-/// The preset's table and the worst-case result.
+/// One stage of the preset: the rates after this attack and every earlier one (stage 0: clean).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RobustStage {
+    /// "clean", then each attack's title.
+    pub attack: String,
+    /// The attack's full setting (`None` for clean).
+    pub setting: Option<String>,
+    /// Cumulative robust rates: examples no attack up to this one fooled.
+    pub accuracy: f64,
+    pub one_off: f64,
+}
+
+/// The preset's result: the cumulative stages, the clean and worst-case evaluations (with per-example outcomes) and
+/// the settings; [`RobustResult::table`] renders it.
+#[derive(Clone)]
 pub struct RobustResult {
-    /// Rows: clean, then the cumulative robust rates after each attack.
-    pub table: Table,
+    pub model: String,
+    pub eps: f64,
+    pub seed: u64,
+    pub stages: Vec<RobustStage>,
     pub clean: EvalResult,
     /// Worst case over all attacks, per example.
     pub worst: EvalResult,
+    /// Settings and remarks shown under the table.
+    pub notes: Vec<String>,
+}
+
+impl RobustResult {
+    /// Rows: clean, then the cumulative robust rates after each attack; the settings as notes.
+    pub fn table(&self) -> Table {
+        let mut t = Table::new(
+            format!("Robustness of {} (AutoAttack-style, L∞, ε = {})", self.model, fmt_eps(self.eps)),
+            &["Stage", "Attack", "Robust Cr", "Robust one-off"],
+        );
+        for (k, s) in self.stages.iter().enumerate() {
+            let name = if k <= 1 { s.attack.clone() } else { format!("+ {}", s.attack) };
+            t.rows.push(vec![
+                Cell::text(k.to_string()),
+                Cell::text(name),
+                Cell::rate(s.accuracy),
+                Cell::rate(s.one_off),
+            ]);
+        }
+        t.notes = self.notes.clone();
+        t
+    }
 }
 
 /// The attacks the preset runs for `classes` classes: APGD-CE, APGD-DLR-T (needs three classes for the DLR loss),
@@ -89,6 +128,10 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
     let classes = d.num_classes() as usize;
     // stage 0 = clean, stage k = after the first k attacks
     let mut stages: Vec<Confusion> = (0..=attacks.len()).map(|_| Confusion::new(classes)).collect();
+    let (mut labels, mut clean_pred, mut worst_pred) = (vec![], vec![], vec![]);
+    let to_vec = |t: &tch::Tensor| -> Result<Vec<i64>> {
+        Ok(Vec::<i64>::try_from(&t.f_to_kind(tch::Kind::Int64)?.f_to_device(tch::Device::Cpu)?)?)
+    };
     device::seed_everything(o.seed);
     let srcs = [model];
     for b in eval_batches(d, o.batch_size, model.device())? {
@@ -97,6 +140,8 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
         // [B, C] -> [B]
         let pred = predict(model, &b.x)?.f_argmax(-1, false)?;
         stages[0].update(&pred, &b.y)?;
+        labels.extend(to_vec(&b.y)?);
+        clean_pred.extend(to_vec(&pred)?);
         let mut pred = pred;
         for (k, a) in attacks.iter().enumerate() {
             let robust = pred.f_eq_tensor(&b.y)?;
@@ -112,10 +157,19 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
             }
             stages[k + 1].update(&pred, &b.y)?;
         }
+        worst_pred.extend(to_vec(&pred)?);
     }
-    let res = |c: &Confusion, attack: Option<String>| {
+    let index: Vec<i64> = match super::subset_indices(data.len(), o.limit, o.seed) {
+        Some(idx) => idx,
+        None => (0..labels.len() as i64).collect(),
+    };
+    let res = |c: &Confusion, attack: Option<String>, predictions: Vec<i64>| {
         let r = c.compute();
         EvalResult {
+            attack_name: attack.as_ref().map(|_| "robust_eval".to_string()),
+            index: index.clone(),
+            labels: labels.clone(),
+            predictions,
             confusion: c.clone(),
             accuracy: r.accuracy,
             one_off: r.one_off,
@@ -127,43 +181,38 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
             seed: o.seed,
         }
     };
-    let mut t = Table::new(
-        format!("Robustness of {} (AutoAttack-style, L∞, ε = {})", model.label(), fmt_eps(o.eps)),
-        &["Stage", "Attack", "Robust Cr", "Robust one-off"],
-    );
-    t.push(vec![
-        Cell::text("0"),
-        Cell::text("clean"),
-        Cell::rate(stages[0].accuracy()),
-        Cell::rate(stages[0].one_off()),
-    ])?;
-    for (k, a) in attacks.iter().enumerate() {
-        let c = &stages[k + 1];
-        let name = if k == 0 { a.kind.title().to_string() } else { format!("+ {}", a.kind.title()) };
-        t.push(vec![
-            Cell::text((k + 1).to_string()),
-            Cell::text(name),
-            Cell::rate(c.accuracy()),
-            Cell::rate(c.one_off()),
-        ])?;
+    let mut rstages = vec![RobustStage {
+        attack: "clean".into(),
+        setting: None,
+        accuracy: stages[0].accuracy(),
+        one_off: stages[0].one_off(),
+    }];
+    for (a, c) in attacks.iter().zip(&stages[1..]) {
+        rstages.push(RobustStage {
+            attack: a.kind.title().to_string(),
+            setting: Some(a.describe()),
+            accuracy: c.accuracy(),
+            one_off: c.one_off(),
+        });
     }
-    t.note(format!(
+    let mut notes = vec![format!(
         "norm L∞, ε = {} ({:.6}), seed {}, n = {} of '{}'",
         fmt_eps(o.eps),
         o.eps,
         o.seed,
         stages[0].total(),
         data.name
-    ));
-    t.note("worst case per example: each attack runs on the examples every earlier attack failed on; robust = no attack succeeded");
+    )];
+    notes.push("worst case per example: each attack runs on the examples every earlier attack failed on; robust = no attack succeeded".into());
     for a in &attacks {
-        t.note(format!("attack: {}", a.describe()));
+        notes.push(format!("attack: {}", a.describe()));
     }
     if model.num_classes() < 3 && o.attacks.is_empty() {
-        t.note("APGD-DLR-T left out: the DLR loss needs at least three classes");
+        notes.push("APGD-DLR-T left out: the DLR loss needs at least three classes".into());
     }
     let names: Vec<&str> = attacks.iter().map(|a| a.kind.title()).collect();
-    let clean = res(&stages[0], None);
-    let worst = res(stages.last().context("no stages")?, Some(format!("worst case of {}", names.join(", "))));
-    Ok(RobustResult { table: t, clean, worst })
+    let clean = res(&stages[0], None, clean_pred);
+    let worst =
+        res(stages.last().context("no stages")?, Some(format!("worst case of {}", names.join(", "))), worst_pred);
+    Ok(RobustResult { model: model.label(), eps: o.eps, seed: o.seed, stages: rstages, clean, worst, notes })
 }

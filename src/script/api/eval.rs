@@ -1,15 +1,17 @@
 //! Script API for core::eval: `evaluate`, `transfer_matrix`, `eps_sweep`, the paper's tables (`table_eps`,
 //! `table_white_box`, `table_transfer`, `table_black_box`, `table_holdout`), `robust_eval` and `masking_report`.
 //!
-//! Evaluation results are maps (`#{accuracy, one_off, n, confusion, model, sources, attack, setting, seed}`), so
-//! scripts can record them, and the table functions are filled from them: one result per row, or an array of
-//! results (one per fold) for mean ± std.
+//! Evaluation results are record maps (`#{kind: "eval", accuracy, one_off, n, confusion, per_class, model, sources,
+//! attack, attack_name, setting, seed, index, labels, predictions, correct}`: the setting next to per-example
+//! outcomes), so scripts can record them, and the table functions are filled from them: one result per row, or an
+//! array of results (one per fold) for mean ± std. `masking_report` and `robust_eval` return typed records with
+//! `.table()`.
 use crate::core::amp::Autocast;
 use crate::core::attacks::{AttackKind, AttackSpec};
 use crate::core::eval::tables::{self, ChangeRow, VariantsRow};
 use crate::core::eval::{
-    EvalOpts, EvalResult, MaskingOpts, Metric, Rates, RobustOpts, Sources, eps_sweep, evaluate, fmt_eps,
-    masking_report, robust_eval, transfer_matrix,
+    EvalOpts, EvalResult, MaskingCheck, MaskingOpts, MaskingReport, Metric, Rates, RobustOpts, RobustResult,
+    RobustStage, Sources, eps_sweep, evaluate, fmt_eps, masking_report, robust_eval, transfer_matrix,
 };
 use crate::core::models::{Classifier, Net};
 use crate::core::report::Table;
@@ -18,7 +20,7 @@ use crate::script::api::data::DatasetV;
 use crate::script::api::models::ModelV;
 use crate::script::cell::Ref;
 use crate::script::convert::{
-    Opts, RResult, friendly_type, guard, i64_array, script_err, str_array, to_anyhow, to_f64,
+    Opts, RResult, dynamic_to_json, friendly_type, guard, i64_array, script_err, str_array, to_anyhow, to_f64,
 };
 use crate::script::docs::doc;
 use crate::script::state;
@@ -207,7 +209,67 @@ pub fn result_map(r: &EvalResult) -> Map {
     m.insert("attack".into(), r.attack.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT));
     m.insert("setting".into(), Dynamic::from(r.setting()));
     m.insert("seed".into(), Dynamic::from_int(r.seed as i64));
+    m.insert("attack_name".into(), r.attack_name.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT));
+    m.insert("white_box".into(), Dynamic::from_bool(r.white_box));
+    m.insert("index".into(), Dynamic::from_array(i64_array(&r.index)));
+    m.insert("labels".into(), Dynamic::from_array(i64_array(&r.labels)));
+    m.insert("predictions".into(), Dynamic::from_array(i64_array(&r.predictions)));
+    m.insert("correct".into(), Dynamic::from_array(r.correct().into_iter().map(Dynamic::from_bool).collect()));
+    // What `record` and `satm grid collect` recognise an evaluation record by.
+    m.insert("kind".into(), Dynamic::from("eval"));
     m
+}
+
+/// A masking report's check as a script map.
+fn check_map(c: &MaskingCheck) -> Map {
+    let mut m = Map::new();
+    let num = |v: Option<f64>| v.map(Dynamic::from_float).unwrap_or(Dynamic::UNIT);
+    m.insert("key".into(), Dynamic::from(c.key.clone()));
+    m.insert("name".into(), Dynamic::from(c.name.clone()));
+    m.insert("value".into(), num(c.value));
+    m.insert("reference".into(), num(c.reference));
+    m.insert("flagged".into(), Dynamic::from_bool(c.flagged));
+    m.insert("expected".into(), Dynamic::from(c.expected.clone()));
+    m.insert("why".into(), Dynamic::from(c.why.clone()));
+    m.insert("verdict".into(), Dynamic::from(c.verdict.clone()));
+    m
+}
+
+/// A robustness stage as a script map.
+fn stage_map(s: &RobustStage) -> Map {
+    let mut m = Map::new();
+    m.insert("attack".into(), Dynamic::from(s.attack.clone()));
+    m.insert("setting".into(), s.setting.clone().map(Dynamic::from).unwrap_or(Dynamic::UNIT));
+    m.insert("accuracy".into(), Dynamic::from_float(s.accuracy));
+    m.insert("one_off".into(), Dynamic::from_float(s.one_off));
+    m
+}
+
+/// `robust_eval`'s result as scripts see it.
+pub type RobustV = std::sync::Arc<RobustResult>;
+
+/// The JSON `record` stores for a masking report: `kind: "masking"` and the report's fields.
+pub fn masking_json(r: &MaskingReport) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("kind".into(), "masking".into());
+    }
+    v
+}
+
+/// The JSON `record` stores for a robustness result: `kind: "robust"`, the stages, the clean and worst-case
+/// evaluation records and the settings.
+pub fn robust_json(r: &RobustResult) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "robust",
+        "model": r.model,
+        "eps": r.eps,
+        "seed": r.seed,
+        "stages": r.stages,
+        "clean": dynamic_to_json(&Dynamic::from_map(result_map(&r.clean))),
+        "worst": dynamic_to_json(&Dynamic::from_map(result_map(&r.worst))),
+        "notes": r.notes,
+    })
 }
 
 /// Rates from a result map (or an array of them, one per fold), with the model / sources labels of the first.
@@ -404,7 +466,9 @@ pub fn register(engine: &mut Engine) {
 e.g. \"pgd\", \"r_step_ll\", \"square\") and its options (eps, alpha, steps, step, ...): white-box, crafted on the model \
 itself, or black-box when `sources` (a Model or an array: an ensemble) is given. Options: batch (64), limit (a seeded \
 subset of this many examples), seed (reseeds before evaluating; default: the session seed). Returns #{accuracy, one_off, \
-n, confusion, per_class, model, sources, attack, setting, seed}.";
+n, confusion, per_class, model, sources, attack, attack_name, setting, seed, white_box, kind: \"eval\"} and the per-example \
+outcomes in evaluation order: index (into `data`; a `limit` subset keeps the full set's indices), labels, predictions, \
+correct (bools). mcnemar(r1.correct, r2.correct) compares two models on the same seed and limit.";
     doc("evaluate", &["model: Model", "data: Dataset", "opts: Map"], "Map", eval_doc)
         .register_into_engine(engine, do_evaluate);
     doc("evaluate", &["model: Model", "data: Dataset"], "Map", eval_doc)
@@ -549,9 +613,11 @@ names (Target labels), adv_names (Adv model labels), title, notes.",
 
     let robust_doc = "AutoAttack-style robustness evaluation (L∞): APGD-CE, targeted APGD-DLR (≥ 3 classes), Square, each on \
 the examples all earlier attacks failed on; worst case per example. Options: eps (16/256), steps (APGD iterations, 100), \
-targets (APGD-DLR-T target classes, 9), queries (Square, 1000), batch, limit, seed. Returns a table of cumulative robust \
-rates with ε, norm, seed and every attack setting in its notes.";
-    let robust = |m: ModelV, d: DatasetV, opts: Map| -> RResult<Table> {
+targets (APGD-DLR-T target classes, 9), queries (Square, 1000), batch, limit, seed. Returns a Robust record: .stages \
+(#{attack, setting, accuracy, one_off} per cumulative stage, clean first), .clean and .worst (evaluate-style records with \
+per-example outcomes), .accuracy (worst case), .table() (ε, norm, seed and every attack setting in its notes); record() \
+stores it.";
+    let robust = |m: ModelV, d: DatasetV, opts: Map| -> RResult<RobustV> {
         let o = Opts::new("robust_eval", opts, &["eps", "steps", "targets", "queries", "batch", "limit", "seed"])?;
         let def = RobustOpts::default();
         let ro = RobustOpts {
@@ -566,19 +632,22 @@ rates with ε, norm, seed and every attack setting in its notes.";
         };
         guard("robust_eval", || {
             let net = m.read()?;
-            Ok(with_precision(net.device(), || robust_eval(&*net, &d.0, &ro))?.table)
+            Ok(std::sync::Arc::new(with_precision(net.device(), || robust_eval(&*net, &d.0, &ro))?))
         })
     };
-    doc("robust_eval", &["model: Model", "data: Dataset", "opts: Map"], "Table", robust_doc)
+    doc("robust_eval", &["model: Model", "data: Dataset", "opts: Map"], "Robust", robust_doc)
         .register_into_engine(engine, robust);
-    doc("robust_eval", &["model: Model", "data: Dataset"], "Table", robust_doc)
+    doc("robust_eval", &["model: Model", "data: Dataset"], "Robust", robust_doc)
         .register_into_engine(engine, move |m: ModelV, d: DatasetV| robust(m, d, Map::new()));
 
     let masking_doc = "Gradient-masking report: zero/NaN input gradients, PGD vs FGSM and R+FGSM (multi-step must not be \
 weaker), R+FGSM vs FGSM, Square (black-box) vs PGD, transfer from `source` vs white-box, PGD accuracy vs ε (monotonic); \
-each row ok/FLAG and an overall verdict. Options: eps (16/256), steps (PGD, 20), queries (Square, 1000), source (a Model), \
-eps_factors ([0.25, 0.5, 1, 2]), tolerance (0.02), max_bad_grad (0.05), batch, limit, seed.";
-    let masking = |m: ModelV, d: DatasetV, opts: Map| -> RResult<Table> {
+each check ok/FLAG and an overall verdict. Options: eps (16/256), steps (PGD, 20), queries (Square, 1000), source (a Model), \
+eps_factors ([0.25, 0.5, 1, 2]), tolerance (0.02), max_bad_grad (0.05), batch, limit, seed. Returns a MaskingReport: \
+.flagged, .verdict, .checks (#{key, name, value, reference, flagged, expected, why, verdict}; keys clean, bad_gradients, \
+saturated, pgd_vs_fgsm, pgd_vs_rfgsm, rfgsm_vs_fgsm, square_vs_pgd, transfer_vs_pgd (with a source), eps_monotone), \
+.check(key), .table(), .save(path); record() stores it.";
+    let masking = |m: ModelV, d: DatasetV, opts: Map| -> RResult<MaskingReport> {
         let o = Opts::new(
             "masking_report",
             opts,
@@ -631,10 +700,52 @@ eps_factors ([0.25, 0.5, 1, 2]), tolerance (0.02), max_bad_grad (0.05), batch, l
             with_precision(net.device(), || masking_report(&*net, &d.0, &mo))
         })
     };
-    doc("masking_report", &["model: Model", "data: Dataset", "opts: Map"], "Table", masking_doc)
+    doc("masking_report", &["model: Model", "data: Dataset", "opts: Map"], "MaskingReport", masking_doc)
         .register_into_engine(engine, masking);
-    doc("masking_report", &["model: Model", "data: Dataset"], "Table", masking_doc)
+    doc("masking_report", &["model: Model", "data: Dataset"], "MaskingReport", masking_doc)
         .register_into_engine(engine, move |m: ModelV, d: DatasetV| masking(m, d, Map::new()));
+
+    engine.register_type_with_name::<MaskingReport>("MaskingReport");
+    engine.register_fn("to_string", |r: &mut MaskingReport| r.to_string());
+    engine.register_fn("to_debug", |r: &mut MaskingReport| r.to_string());
+    engine.register_get("flagged", |r: &mut MaskingReport| r.flagged);
+    engine.register_get("verdict", |r: &mut MaskingReport| r.verdict.clone());
+    engine.register_get("model", |r: &mut MaskingReport| r.model.clone());
+    engine.register_get("checks", |r: &mut MaskingReport| -> Array {
+        r.checks.iter().map(|c| Dynamic::from_map(check_map(c))).collect()
+    });
+    doc("check", &["r: MaskingReport", "key: &str"], "Map", "The check with this key (clean, bad_gradients, saturated, \
+pgd_vs_fgsm, pgd_vs_rfgsm, rfgsm_vs_fgsm, square_vs_pgd, transfer_vs_pgd, eps_monotone): #{key, name, value, reference, \
+flagged, expected, why, verdict}. An error names the keys the report has.")
+    .register_into_engine(engine, |r: &mut MaskingReport, key: &str| -> RResult<Map> {
+        r.check(key).map(check_map).ok_or_else(|| {
+            let keys: Vec<&str> = r.checks.iter().map(|c| c.key.as_str()).collect();
+            script_err(format!("check: the report of {} has no check '{key}'; it has: {}", r.model, keys.join(", ")))
+        })
+    });
+    doc("table", &["r: MaskingReport"], "Table", "The report as a table: one row per check and the overall verdict.")
+        .register_into_engine(engine, |r: &mut MaskingReport| r.table());
+    doc("save", &["r: MaskingReport", "path: &str"], "Array", "Saves the report's table (like Table.save).")
+        .register_into_engine(engine, |r: &mut MaskingReport, path: &str| -> RResult<Array> {
+            guard("save", || Ok(r.table().save(path)?.iter().map(|p| Dynamic::from(p.display().to_string())).collect()))
+        });
+
+    engine.register_type_with_name::<RobustV>("Robust");
+    engine.register_fn("to_string", |r: &mut RobustV| r.table().render());
+    engine.register_fn("to_debug", |r: &mut RobustV| r.table().render());
+    engine.register_get("stages", |r: &mut RobustV| -> Array {
+        r.stages.iter().map(|s| Dynamic::from_map(stage_map(s))).collect()
+    });
+    engine.register_get("clean", |r: &mut RobustV| result_map(&r.clean));
+    engine.register_get("worst", |r: &mut RobustV| result_map(&r.worst));
+    engine.register_get("accuracy", |r: &mut RobustV| r.worst.accuracy);
+    engine.register_get("model", |r: &mut RobustV| r.model.clone());
+    doc("table", &["r: Robust"], "Table", "The robustness result as a table: clean, then the cumulative robust rates.")
+        .register_into_engine(engine, |r: &mut RobustV| r.table());
+    doc("save", &["r: Robust", "path: &str"], "Array", "Saves the result's table (like Table.save).")
+        .register_into_engine(engine, |r: &mut RobustV, path: &str| -> RResult<Array> {
+            guard("save", || Ok(r.table().save(path)?.iter().map(|p| Dynamic::from(p.display().to_string())).collect()))
+        });
 
     doc("fmt_eps", &["eps: f64"], "String", "ε as the paper writes it: \"16/256\" for whole multiples of 1/256.")
         .register_into_engine(engine, fmt_eps);

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod live;
 pub mod models;
 pub mod report;
+pub mod stats;
 pub mod tensor;
 pub mod train;
 
@@ -22,4 +23,5 @@ pub fn register_all(engine: &mut Engine) {
     live::register(engine);
     eval::register(engine);
     report::register(engine);
+    stats::register(engine);
 }

@@ -77,8 +77,11 @@ fn cell_to_dynamic(c: &Cell) -> Dynamic {
     json_to_dynamic(&serde_json::to_value(c).unwrap_or(serde_json::Value::Null))
 }
 
-/// Reads a confusion matrix from an `evaluate` result (its `confusion` key) or an array of integer rows.
+/// Reads a confusion matrix from a Confusion, an `evaluate` result (its `confusion` key) or an array of integer rows.
 pub fn confusion_from_dynamic(v: &Dynamic) -> anyhow::Result<Confusion> {
+    if let Some(c) = v.read_lock::<Confusion>() {
+        return Ok(c.clone());
+    }
     let rows = if let Some(m) = v.read_lock::<Map>() {
         m.get("confusion").cloned().context("the map has no 'confusion' key (pass an evaluate result)")?
     } else {
@@ -403,7 +406,7 @@ pub fn register(engine: &mut Engine) {
         "Stores the table's JSON under `name` in the run directory's results.json.",
     )
     .register_into_engine(engine, |name: &str, t: TableV| -> RResult<()> {
-        guard("record", || record_json(name, t.to_json_value()))
+        guard("record", || record_json(name, crate::script::convert::table_json(&t)))
     });
     doc("mean_std", &["values: Array"], "Map", "#{mean, std, n} of numbers (sample std with n − 1; 0 for one value).")
         .register_into_engine(engine, |a: Array| -> RResult<Map> {
