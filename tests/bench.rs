@@ -183,7 +183,12 @@ fn pytorch(py: &Path, inp: &Path, root: &Path, name: &str, job: &serde_json::Val
 
 /// The largest relative difference between satm's weight updates and those in `theirs` (w − w0 against p − w0) over
 /// the tensors named in `moved`.
-fn worst_update(initial: &HashMap<String, Tensor>, after: &HashMap<String, Tensor>, theirs: &Path, moved: &[String]) -> f64 {
+fn worst_update(
+    initial: &HashMap<String, Tensor>,
+    after: &HashMap<String, Tensor>,
+    theirs: &Path,
+    moved: &[String],
+) -> f64 {
     let theirs = read(theirs);
     moved
         .iter()

@@ -391,7 +391,10 @@ fn slurm_available(test: &str) -> bool {
         panic!("SATM_SLURM=1 but Slurm does not work ({why}); start it with: bash tools/slurm_local.sh start");
     }
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("CI={} but Slurm does not work ({why}): under CI the real-Slurm tests must run; tools/test.sh starts it (as root) with tools/slurm_local.sh", std::env::var("CI").unwrap_or_default());
+        panic!(
+            "CI={} but Slurm does not work ({why}): under CI the real-Slurm tests must run; tools/test.sh starts it (as root) with tools/slurm_local.sh",
+            std::env::var("CI").unwrap_or_default()
+        );
     }
     // Straight to the stderr handle: eprintln! output of a passing test is captured and never shown.
     let msg = format!(
