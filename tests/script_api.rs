@@ -1158,7 +1158,7 @@ fn background_runs_report_failures_locks_and_bad_steering() {
     assert_eq!(parts.len(), 11, "{v:?}");
     assert!(parts[10].contains("is paused and would never end"), "{v:?}");
     assert!(parts[0].contains("only lr can be set"), "{v:?}");
-    assert!(parts[1].contains("lr = -1") && parts[1].contains("> 0"), "{v:?}");
+    assert!(parts[1].contains("lr must be > 0, got -1"), "{v:?}");
     assert_eq!(parts[2], "queued");
     assert!(parts[3].contains("is being trained by background run g; use run.snapshot()"), "{v:?}");
     assert!(parts[4].contains("save") && parts[4].contains("background run g"), "{v:?}");
@@ -1172,15 +1172,15 @@ fn background_runs_report_failures_locks_and_bad_steering() {
         let e1 = err(|| { h.set(#{r_da: 0.5}); "" });
         let e2 = err(|| { predict(m, t); "" });
         let e3 = err(|| { h.set(#{alpha: 1.0}); "" });
-        let e4 = err(|| { h.set(#{eps: 0.001}); "" });
+        let e4 = err(|| { h.set(#{eps: 2.0}); "" });
         h.stop();
         [e1, e2, e3, e4, predict(m, t).shape[0]]"#);
     let parts = &v;
     assert_eq!(parts.len(), 5, "{v:?}");
     assert!(parts[0].contains("started with r_da = 0"), "{v:?}");
     assert!(parts[1].contains("is a frozen source of background run h"), "{v:?}");
-    assert!(parts[2].contains("alpha = 1") && parts[2].contains("[0, eps"), "{v:?}");
-    assert!(parts[3].contains("below the run's alpha"), "{v:?}");
+    assert!(parts[2].contains("alpha must be in [0, eps], got 1"), "{v:?}");
+    assert!(parts[3].contains("eps is in [0,1] pixel units"), "{v:?}");
     assert_eq!(parts[4], "2", "{v:?}");
 }
 

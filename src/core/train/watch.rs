@@ -147,6 +147,10 @@ impl Watch {
             }
             return;
         }
+        // Other event lines (a change the loop rejected) change nothing.
+        if v["event"].is_string() {
+            return;
+        }
         match (step, v["split"].as_str(), v["net"].as_str(), v["metric"].as_str()) {
             (Some(step), Some(split), Some(net), Some(metric)) => {
                 // JSON has no NaN: serde_json writes a non-finite value as null.
@@ -449,6 +453,8 @@ mod tests {
                 r#"{"step":2,"epoch":0,"split":"train","net":"A","metric":"clean_acc","value":0.5}"#,
                 "\n",
                 r#"{"event":"set","step":3,"key":"r_da","old":0.1,"new":0.4}"#,
+                "\n",
+                r#"{"event":"rejected","step":3,"key":"eps","value":2.0,"error":"eps is in [0,1]"}"#,
                 "\n",
                 r#"{"step":4,"epoch":0,"split":"train","net":"A","metric":"clean_acc","val"#
             ),

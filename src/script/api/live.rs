@@ -13,6 +13,7 @@ use crate::core::cancel;
 use crate::core::data::Dataset;
 use crate::core::models::{ModelSpec, Net};
 use crate::core::train::control::{RunControl, RunState, RunStatus, STEERABLE, SteerEvent};
+use crate::core::train::steer::Settings;
 use crate::core::train::watch::{Watch, WatchStatus, state_name, status_line, watch_state_name};
 use crate::core::train::{self, History, TrainConfig, TrainResult};
 use crate::script::api::models::ModelV;
@@ -23,7 +24,6 @@ use crate::script::docs::doc;
 use anyhow::{Result, bail};
 use rhai::{Array, Dynamic, Engine, Map};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -52,9 +52,11 @@ pub struct LiveRun {
     result: RefCell<Option<std::result::Result<Rc<TrainResult>, String>>>,
     sources: Vec<Source>,
     /// The settings as they will be once every queued `set` is applied.
-    queued: RefCell<BTreeMap<String, f64>>,
+    queued: RefCell<Settings>,
     /// Whether the run has domain heads (started with r_da > 0): r_da and lambda can only be steered then.
     has_da: bool,
+    /// Whether some trainee has a source network (r_adv and r_da have examples to work on).
+    has_source: bool,
 }
 
 /// A background run as scripts see it; assignment shares it.
@@ -141,17 +143,8 @@ pub fn spawn(l: Launch) -> Result<RunV> {
         ))?);
     }
     let control = Arc::new(RunControl::new());
-    let queued: BTreeMap<String, f64> = [
-        ("r_adv", l.cfg.r_adv),
-        ("r_da", l.cfg.r_da),
-        ("lambda", l.cfg.lambda.at(0.0)),
-        ("lr", l.cfg.lr),
-        ("eps", l.cfg.eps),
-        ("alpha", l.cfg.alpha()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let queued = Settings::new(&l.cfg);
+    let has_source = crate::core::train::steer::has_source(&l.cfg, l.nets.len() + l.frozen.len());
     control.publish(
         RunStatus { state: RunState::Starting, total: l.cfg.steps, ..RunStatus::default() },
         Some(&History::default()),
@@ -206,6 +199,7 @@ pub fn spawn(l: Launch) -> Result<RunV> {
         sources,
         queued: RefCell::new(queued),
         has_da,
+        has_source,
     });
     RUNS.with(|r| r.borrow_mut().push(Rc::clone(&run)));
     Ok(RunV(run))
@@ -240,7 +234,11 @@ impl LiveRun {
             // Parked at a step boundary is paused whatever the last published status says.
             None if self.control.is_parked() => "paused".into(),
             None if self.control.stop_requested() => "stopping".into(),
-            None => state_name(self.control.status().state).into(),
+            // Resumed but not yet through a step since: the last status still says paused.
+            None => match self.control.status().state {
+                RunState::Paused if !self.control.is_paused() => "running".into(),
+                s => state_name(s).into(),
+            },
         }
     }
 
@@ -266,48 +264,31 @@ impl LiveRun {
         }
     }
 
+    /// Checks the changes against the settings as they will stand once everything queued so far is applied
+    /// (the loop's own check, `steer::Settings::check`), then queues them.
     fn set(&self, changes: Vec<(String, f64)>) -> Result<()> {
         if self.done() {
             bail!("background run {} has ended ({}); there is nothing to steer", self.name, self.state());
         }
+        if let Some((k, _)) = changes.iter().find(|(k, _)| self.kind == "train" && k != "lr") {
+            bail!("{k}: a train() run has no adversarial or domain terms; only lr can be set");
+        }
+        if changes.iter().any(|(k, _)| k == "lambda") && !self.has_da {
+            bail!("lambda: run {} was started with r_da = 0 and has no domain classifier to weigh", self.name);
+        }
         let mut next = self.queued.borrow().clone();
-        for (k, v) in &changes {
-            if !v.is_finite() {
-                bail!("{k} = {v}: the value must be finite");
-            }
-            if self.kind == "train" && k != "lr" {
-                bail!("{k}: a train() run has no adversarial or domain terms; only lr can be set");
-            }
-            if (k == "r_da" || k == "lambda") && !self.has_da {
-                bail!(
-                    "{k}: run {} was started with r_da = 0 and has no domain classifier; start it with r_da > 0 to \
-                     steer r_da or lambda",
-                    self.name
-                );
-            }
-            let ok = match k.as_str() {
-                "lr" => *v > 0.0,
-                _ => *v >= 0.0,
-            };
-            if !ok {
-                bail!("{k} = {v}: must be {}", if k == "lr" { "> 0" } else { ">= 0" });
-            }
-            next.insert(k.clone(), *v);
-        }
-        // Without its own alpha a run's alpha follows eps.
-        if changes.iter().any(|(k, _)| k == "eps") && !changes.iter().any(|(k, _)| k == "alpha") {
-            let (eps, alpha) = (next["eps"], next["alpha"]);
-            if alpha > eps {
-                bail!("eps = {eps} is below the run's alpha = {alpha}; set alpha too (alpha must be in [0, eps])");
-            }
-        }
-        if next["alpha"] > next["eps"] {
-            bail!("alpha = {} must be in [0, eps = {}]", next["alpha"], next["eps"]);
-        }
-        // The loop applies changes in the order given: eps before alpha, so the pair is checked as a whole.
-        let order = |k: &str| STEERABLE.iter().position(|s| *s == k).unwrap_or(usize::MAX);
+        // eps and alpha together: lowering both needs alpha first, raising both eps first.
         let mut changes = changes;
+        let alpha_first = changes.iter().any(|(k, v)| k == "alpha" && *v <= next.eps);
+        let order = |k: &str| match k {
+            "alpha" if alpha_first => 0,
+            _ => 1 + STEERABLE.iter().position(|s| *s == k).unwrap_or(STEERABLE.len()),
+        };
         changes.sort_by_key(|(k, _)| order(k));
+        for (k, v) in &changes {
+            next.check(k, *v, self.has_da, self.has_source)?;
+            next.set(k, *v);
+        }
         for (k, v) in &changes {
             self.control.set(k, *v)?;
         }
