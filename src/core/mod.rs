@@ -10,6 +10,6 @@ pub mod mem;
 pub mod models;
 pub mod paths;
 pub mod report;
-pub mod tensorio;
 pub mod stats;
+pub mod tensorio;
 pub mod train;

@@ -69,6 +69,9 @@ impl Sink {
         total: usize,
         batch_size: usize,
     ) -> Result<Sink> {
+        if let (Some(d), true) = (dir, step0 > 0) {
+            trim_to_checkpoint(&d.join("metrics.jsonl"), step0)?;
+        }
         let file = match dir {
             Some(d) => Some(
                 std::fs::OpenOptions::new()
@@ -228,5 +231,52 @@ impl Sink {
 
     pub fn finish(&self) {
         self.pb.finish_and_clear();
+    }
+}
+
+/// A resumed run's metrics.jsonl as of its checkpoint at `step0`: metric lines after `step0` (the killed process
+/// logged them, the resumed one logs them again) and a half-written last line are dropped; steering events are kept
+/// (live ones after the checkpoint are replayed, and not written twice). Rewritten atomically.
+fn trim_to_checkpoint(path: &Path, step0: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0usize;
+    for line in text.lines() {
+        let keep = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) if v.get("event").is_some() => true,
+            Ok(v) => v["step"].as_u64().is_some_and(|s| s as usize <= step0),
+            Err(_) => false,
+        };
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        crate::core::fsutil::atomic_write(path, kept.as_bytes())
+            .with_context(|| format!("rewriting {} as of the checkpoint at step {step0}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resumed_metrics_keep_lines_up_to_the_checkpoint_and_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let lines = [
+            r#"{"step":2,"epoch":0,"split":"train","net":"A","metric":"clean_loss","value":1.0}"#,
+            r#"{"event":"set","step":3,"key":"lr","old":0.1,"new":0.2,"by":"set"}"#,
+            r#"{"step":4,"epoch":0,"split":"train","net":"A","metric":"clean_loss","value":0.9}"#,
+            r#"{"event":"set","step":5,"key":"lr","old":0.2,"new":0.3,"by":"set"}"#,
+            r#"{"step":6,"epoch":0,"split":"train","net":"A","metric":"clean_loss","value":0.8}"#,
+        ];
+        std::fs::write(&p, format!("{}\n{{\"step\":8,\"epo", lines.join("\n"))).unwrap();
+        super::trim_to_checkpoint(&p, 4).unwrap();
+        let got = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(got, format!("{}\n{}\n{}\n{}\n", lines[0], lines[1], lines[2], lines[3]));
     }
 }
