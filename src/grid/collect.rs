@@ -435,6 +435,10 @@ fn compare_arms(
             None => groups.push((g, vec![(rep, i)])),
         }
     }
+    // A script names the pairs of its whole study; a grid that runs some of its arms compares those pairs whose arms it
+    // runs, and says which it left out (a misspelled arm shows there too: it matches no grid value).
+    let grid_arms: Vec<String> = (0..grid.points.len()).map(|i| param(i, &spec.axis)).collect();
+    let mut not_run: Vec<String> = vec![];
     for (gvals, members) in &groups {
         let mut reps: Vec<&String> = vec![];
         for (r, _) in members {
@@ -444,6 +448,13 @@ fn compare_arms(
         }
         for metric in &spec.metrics {
             for (a, b) in &spec.pairs {
+                if arm_axis && !(grid_arms.contains(a) && grid_arms.contains(b)) {
+                    let msg = format!("{a} − {b}");
+                    if !not_run.contains(&msg) {
+                        not_run.push(msg);
+                    }
+                    continue;
+                }
                 let score_of = |rep: &String, arm: &str| -> Option<f64> {
                     members.iter().filter(|(r, _)| r == rep).find_map(|&(_, i)| {
                         if arm_axis && param(i, &spec.axis) != arm {
@@ -507,6 +518,13 @@ fn compare_arms(
                 t.push(row)?;
             }
         }
+    }
+    if !not_run.is_empty() {
+        t.note(format!(
+            "not compared: {} (an arm of the pair is not a value of '{}' in this grid)",
+            not_run.join(", "),
+            spec.axis
+        ));
     }
     let by = if replicate_keys.is_empty() { "point".to_string() } else { format!("({})", replicate_keys.join(", ")) };
     t.note(format!(

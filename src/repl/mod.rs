@@ -29,6 +29,8 @@ pub fn display_value(engine: &Engine, v: &Dynamic) -> String {
 
 /// Longest array or map shown in full; longer ones show this many elements and a count.
 const SHOW_ITEMS: usize = 64;
+/// The same inside another value (e.g. an evaluation record's per-example arrays), so a record fits on the screen.
+const SHOW_NESTED: usize = 8;
 
 struct Render<'e> {
     engine: &'e Engine,
@@ -48,9 +50,10 @@ impl Render<'_> {
         }
         if v.is_array() {
             let a = v.read_lock::<rhai::Array>().map(|a| a.clone()).unwrap_or_default();
-            let mut items: Vec<String> = a.iter().take(SHOW_ITEMS).map(|x| self.show(x, depth + 1)).collect();
-            if a.len() > SHOW_ITEMS {
-                items.push(format!("… {} more", a.len() - SHOW_ITEMS));
+            let limit = if depth == 0 { SHOW_ITEMS } else { SHOW_NESTED };
+            let mut items: Vec<String> = a.iter().take(limit).map(|x| self.show(x, depth + 1)).collect();
+            if a.len() > limit {
+                items.push(format!("… {} more", a.len() - limit));
             }
             return join_block("[", "]", items);
         }
