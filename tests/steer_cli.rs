@@ -85,7 +85,9 @@ fn sigkilled_steered_run_resumes_onto_the_uninterrupted_steered_trajectory() {
     let ck =
         std::fs::read_to_string(full.join("k/checkpoints").join(format!("step-{:07}", 20)).join("state.json")).unwrap();
     let ck: serde_json::Value = serde_json::from_str(&ck).unwrap();
-    assert_eq!(ck["events"].as_array().map(|a| a.len()), Some(3), "the final checkpoint holds the events: {ck}");
+    // state.json: {"checkpoint": {"state": ..., "files": checksums}, "sha256": ...}
+    let events_saved = &ck["checkpoint"]["state"]["events"];
+    assert_eq!(events_saved.as_array().map(|a| a.len()), Some(3), "the final checkpoint holds the events: {ck}");
 
     // The control: the same run with a different second change.
     let other = root.join("other");
