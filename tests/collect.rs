@@ -1,22 +1,9 @@
 //! `satm grid collect` over folds × seeds: records merged by their kind, replicates (fold, seed) merged within a group,
 //! and the paired comparisons a script asks for (`record("compare", ...)`) against a hand computation.
 use serde_json::Value;
-use std::path::Path;
-use std::process::{Command, Output};
 
-const SATM: &str = env!("CARGO_BIN_EXE_satm");
-
-fn satm(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(SATM).args(args).current_dir(cwd).env("SATM_QUIET", "1").output().expect("running satm")
-}
-
-fn text(o: &Output) -> String {
-    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json")
-}
+mod common;
+use common::cli::{read_json, satm, text};
 
 fn num(c: &Value) -> f64 {
     c["value"].as_f64().unwrap_or_else(|| panic!("not a number cell: {c}"))

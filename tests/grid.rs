@@ -3,10 +3,11 @@
 //! absence a failure instead of a loud skip).
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SATM: &str = env!("CARGO_BIN_EXE_satm");
+mod common;
+use common::cli::{SATM, read_json, satm, text};
 
 /// A table with a Rate cell = 0.1·fold + arm offset, a before → after cell, and a scalar, built with the script
 /// table API.
@@ -41,18 +42,6 @@ record("loss", 1.0 + fold * fold);
 
 fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("satm-grid-test-").tempdir().expect("temp dir")
-}
-
-fn satm(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(SATM).args(args).current_dir(cwd).env("SATM_QUIET", "1").output().expect("running satm")
-}
-
-fn text(o: &Output) -> String {
-    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("json")
 }
 
 fn mean_std(xs: &[f64]) -> (f64, f64) {
