@@ -24,6 +24,13 @@ fn main() {
              which sets LIBTORCH_USE_PYTORCH=1 with the project venv first on PATH"
         ),
     };
+    // A build for another machine (tools/build_for_device.sh) also searches that machine's libtorch, first.
+    println!("cargo:rerun-if-env-changed=SATM_EXTRA_RPATH");
+    if let Ok(extra) = std::env::var("SATM_EXTRA_RPATH") {
+        for dir in extra.split(':').filter(|d| !d.is_empty()) {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+        }
+    }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());

@@ -1,5 +1,6 @@
 // What satm needs from libtorch that tch does not expose: autocast on CPU (and CUDA with bf16).
 // Kept tiny and C-ABI only; see src/core/amp.rs for the Rust side.
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/headeronly/version.h>
@@ -30,6 +31,20 @@ int satm_set_autocast(int cuda, int on) {
 int satm_autocast_enabled(int cuda) {
   try {
     return at::autocast::is_autocast_enabled(dev_of(cuda)) ? 1 : 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// TF32 in cuDNN convolutions and CUDA matrix products on (1) or off (0), as torch.backends.cudnn.allow_tf32 and
+// torch.backends.cuda.matmul.allow_tf32 set them; returns the previous cuDNN setting, or -1 on error.
+int satm_set_allow_tf32(int on) {
+  try {
+    auto& ctx = at::globalContext();
+    int before = ctx.allowTF32CuDNN() ? 1 : 0;
+    ctx.setAllowTF32CuDNN(on != 0);
+    ctx.setAllowTF32CuBLAS(on != 0);
+    return before;
   } catch (...) {
     return -1;
   }

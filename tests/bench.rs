@@ -11,6 +11,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor, nn};
 
+mod common;
+use common::device::{repo_file, test_device, torch_name};
+
 const K: usize = 2;
 const STEPS: usize = 2;
 const CLASSES: i64 = 8;
@@ -88,11 +91,12 @@ fn satm_side(
     tch::set_num_threads(threads);
     tch::manual_seed(1);
     let spec = ModelSpec { arch: arch.into(), classes: CLASSES, width: WIDTH, size: SIZE, ..ModelSpec::default() };
-    let mut nets: Vec<Net> = (0..K).map(|_| Net::new(&spec, Device::Cpu).unwrap()).collect();
+    let dev = test_device();
+    let mut nets: Vec<Net> = (0..K).map(|_| Net::new(&spec, dev).unwrap()).collect();
     let das: Vec<(nn::VarStore, DaHead)> = nets
         .iter()
         .map(|n| {
-            let vs = nn::VarStore::new(Device::Cpu);
+            let vs = nn::VarStore::new(dev);
             let head = DaHead::new(vs.root() / "da", n.feature_dim(), 256);
             (vs, head)
         })
@@ -121,8 +125,10 @@ fn satm_side(
         // state_dict: every tensor PyTorch's state_dict has, BN counters included.
         let mut named: Vec<(String, Tensor)> = net.state_dict();
         named.extend(das[k].0.variables());
+        // A copy on the CPU: training updates the networks' tensors in place.
+        let named: Vec<(String, Tensor)> = named.into_iter().map(|(n, t)| (n, t.to(Device::Cpu).copy())).collect();
         Tensor::write_safetensors(&named, dir.join(format!("{arch}_net{k}.safetensors"))).unwrap();
-        initial.push(named.into_iter().map(|(n, t)| (n, t.copy())).collect::<HashMap<_, _>>());
+        initial.push(named.into_iter().collect::<HashMap<_, _>>());
     }
     let res = train::run(train::Run {
         trainees: nets.iter_mut().collect(),
@@ -141,7 +147,8 @@ fn satm_side(
     let mut after = vec![];
     let mut losses = vec![];
     for (k, net) in nets.iter().enumerate() {
-        let mut m: HashMap<String, Tensor> = net.state_dict().into_iter().collect();
+        let mut m: HashMap<String, Tensor> =
+            net.state_dict().into_iter().map(|(n, t)| (n, t.to(Device::Cpu))).collect();
         m.extend(read(&ck.join(format!("da{k}.safetensors"))));
         after.push(m);
         let series = |metric: &str| res.history.series("train", &labels[k], metric);
@@ -168,7 +175,7 @@ fn pytorch(py: &Path, inp: &Path, root: &Path, name: &str, job: &serde_json::Val
     std::fs::create_dir_all(&out).unwrap();
     let job_path = root.join(format!("{name}.json"));
     std::fs::write(&job_path, job.to_string()).unwrap();
-    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/ref_step.py");
+    let helper = repo_file("tests/py/ref_step.py");
     let o = std::process::Command::new(py)
         .arg(&helper)
         .arg(satm::bench::ref_script())
@@ -239,6 +246,7 @@ fn satm_step_matches_pytorch_reference() {
     let job = serde_json::json!({
         "archs": ARCHS, "width": WIDTH, "classes": CLASSES, "k": K, "steps": STEPS, "lr": LR, "momentum": c.momentum,
         "eps": c.eps, "alpha": c.alpha(), "r_adv": c.r_adv, "r_da": c.r_da, "lambda": LAMBDA, "noise": true,
+        "device": torch_name(test_device()),
     });
     let out = pytorch(&py, &inp, dir.path(), "same", &job);
     // Controls: PyTorch with ref_satm's hard-coded λ = 1, and with its own random draw instead of satm's. Each must

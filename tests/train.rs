@@ -7,6 +7,9 @@ use satm::core::train::{self, SourcePolicy, TrainConfig};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
+mod common;
+use common::device::{repo_file, test_device, torch_name};
+
 const SIZE: i64 = 16;
 
 /// libtorch's generator is process-wide and every test here seeds it: run them one at a time.
@@ -235,22 +238,25 @@ fn r_adv_zero_and_r_da_zero_is_pytorchs_standard_training() {
     let runs = [("sgd", Sgd, 0.05, 0.9, 5e-3), ("adam", Adam, 0.002, 0.0, 1e-3)];
     // Controls for PyTorch only: the same runs without weight decay must miss satm's updates (the check sees it).
     let controls = [("sgd_wd0", Sgd, 0.05, 0.9, 0.0), ("adam_wd0", Adam, 0.002, 0.0, 0.0)];
+    let dev = test_device();
     let job = serde_json::json!({
-        "arch": "vggbn_s", "width": 0.25, "classes": CLASSES, "steps": STEPS,
+        "arch": "vggbn_s", "width": 0.25, "classes": CLASSES, "steps": STEPS, "device": torch_name(dev),
         "runs": runs.iter().chain(&controls).map(|(n, o, lr, m, wd)| serde_json::json!({
             "name": n, "optimizer": if *o == Sgd { "sgd" } else { "adam" }, "lr": lr, "momentum": m, "weight_decay": wd,
         })).collect::<Vec<_>>(),
     });
     std::fs::write(inp.join("job.json"), job.to_string()).unwrap();
-    let helper = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/ref_train.py");
+    let helper = repo_file("tests/py/ref_train.py");
     let o = std::process::Command::new(&py).arg(&helper).arg(&script).arg(&inp).arg(&out).output().unwrap();
     assert!(o.status.success(), "ref_train.py failed: {}", String::from_utf8_lossy(&o.stderr));
 
     let (mut compared, mut updates, mut worst) = (0, 0, 0f64);
     for (name, optimizer, lr, momentum, weight_decay) in runs {
         let mut n = init.try_clone().unwrap();
+        n.to_device(dev).unwrap();
         // A frozen network beside it changes nothing when r_adv = r_da = 0.
-        let other = net(22, "vgg_s");
+        let mut other = net(22, "vgg_s");
+        other.to_device(dev).unwrap();
         train::run(train::Run {
             trainees: vec![&mut n],
             frozen: vec![&other],
@@ -268,6 +274,7 @@ fn r_adv_zero_and_r_da_zero_is_pytorchs_standard_training() {
         let control: std::collections::HashMap<String, Tensor> =
             Tensor::read_safetensors(out.join(format!("{name}_wd0.safetensors"))).unwrap().into_iter().collect();
         let mut control_off: f64 = 0.0;
+        n.to_device(Device::Cpu).unwrap();
         let ours = n.state_dict();
         assert_eq!(ours.len(), theirs.len(), "{name}: satm has {} tensors, PyTorch {}", ours.len(), theirs.len());
         let start: std::collections::HashMap<String, Tensor> = init.state_dict().into_iter().collect();

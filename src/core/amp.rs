@@ -52,8 +52,20 @@ pub fn channels_last(t: &tch::Tensor) -> tch::Tensor {
 }
 
 unsafe extern "C" {
+    fn satm_set_allow_tf32(on: i32) -> i32;
     fn satm_torch_version() -> *const std::os::raw::c_char;
     fn satm_cudnn_version() -> std::os::raw::c_long;
+}
+
+/// TF32 in cuDNN convolutions and CUDA matrix products on or off (process-wide, like PyTorch's
+/// `torch.backends.cudnn.allow_tf32` / `torch.backends.cuda.matmul.allow_tf32`; libtorch's defaults are on for cuDNN
+/// and off for matrix products). The cross-checks against PyTorch turn it off on both sides to compare fp32 math.
+/// Returns the previous cuDNN setting.
+pub fn set_allow_tf32(on: bool) -> anyhow::Result<bool> {
+    match unsafe { satm_set_allow_tf32(on as i32) } {
+        -1 => anyhow::bail!("libtorch refused to change the TF32 setting"),
+        v => Ok(v == 1),
+    }
 }
 
 /// The libtorch version satm was built against.

@@ -86,12 +86,25 @@ def r_step_ll(ref, net, x, y, eps, alpha, noise):
         torch.randn_like = real
 
 
+def set_device(job):
+    """The job's device ("cpu" by default, or "cuda:N"); on CUDA, TF32 off (satm's side turns it off too)."""
+    dev = torch.device(job.get("device", "cpu"))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"the job asks for {dev} but this torch sees no CUDA device")
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return dev
+
+
 def main():
     ref_path, in_dir, out_dir = sys.argv[1:4]
     ref = load_ref(ref_path)
     job = json.load(open(sys.argv[4] if len(sys.argv) > 4 else os.path.join(in_dir, "job.json")))
     steps = load_file(os.path.join(in_dir, "steps.safetensors"))
     k_n = job["k"]
+    dev = set_device(job)
+    steps = {n: t.to(dev) for n, t in steps.items()}
     torch.manual_seed(0)
     losses = {}
     for arch in job["archs"]:
@@ -100,7 +113,7 @@ def main():
             net = build(ref, arch, job["width"], job["classes"])
             state = load_file(os.path.join(in_dir, f"{arch}_net{k}.safetensors"))
             net.load_state_dict(state)  # strict: every tensor, BN counters included
-            nets.append(net.train())
+            nets.append(net.to(dev).train())
         opts = [torch.optim.SGD(n.parameters(), lr=job["lr"], momentum=job["momentum"]) for n in nets]
         per_step = []
         for it in range(job["steps"]):
@@ -117,7 +130,7 @@ def main():
                 la = F.cross_entropy(n.head(fa), y)
                 loss = lc + job["r_adv"] * la
                 d = n.da(ref.GRL.apply(torch.cat([fc, fa]), job["lambda"])).squeeze(1)
-                dom = torch.cat([torch.zeros(b), torch.ones(b)])
+                dom = torch.cat([torch.zeros(b, device=dev), torch.ones(b, device=dev)])
                 ld = F.binary_cross_entropy_with_logits(d, dom)
                 loss = loss + job["r_da"] * ld
                 opts[k].zero_grad(set_to_none=True)
@@ -127,7 +140,7 @@ def main():
             per_step.append(rec)
         losses[arch] = per_step
         for k, n in enumerate(nets):
-            sd = {name: t.detach().contiguous() for name, t in n.state_dict().items()}
+            sd = {name: t.detach().cpu().contiguous() for name, t in n.state_dict().items()}
             save_file(sd, os.path.join(out_dir, f"{arch}_net{k}.safetensors"))
     json.dump(losses, open(os.path.join(out_dir, "losses.json"), "w"))
 
