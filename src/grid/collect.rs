@@ -177,7 +177,7 @@ pub fn collect(grid: &GridFile, grid_dir: &Path, fold_key: &str) -> Result<Colle
         }
         let kind = kind_of(&sample);
         if kind == Some("table") {
-            match merge_named_table(grid, name, &groups, &group_keys, &results, what.as_deref()) {
+            match merge_named_table(grid, name, &groups, &group_keys, &results, what.as_deref(), &over) {
                 Ok((t, mut probs)) => {
                     problems.append(&mut probs);
                     tables.push((name.clone(), t));
@@ -535,7 +535,8 @@ fn compare_arms(
     Ok((t, problems))
 }
 
-/// One recorded table across the grid: each group's folds merged, the group values as leading columns.
+/// One recorded table across the grid: each group's replicates (`over`: the replicate keys, e.g. "fold × seed")
+/// merged, the group values as leading columns.
 fn merge_named_table(
     grid: &GridFile,
     name: &str,
@@ -543,6 +544,7 @@ fn merge_named_table(
     group_keys: &[&String],
     results: &BTreeMap<usize, serde_json::Map<String, serde_json::Value>>,
     what: Option<&str>,
+    over: &str,
 ) -> Result<(Table, Vec<String>)> {
     let mut problems = Vec::new();
     let mut out: Option<Table> = None;
@@ -592,6 +594,11 @@ fn merge_named_table(
             t.push(r)?;
         }
         for n in merged.notes {
+            // merge_folds counts tables as folds; with seeds among the replicates they are (fold, seed) pairs.
+            let n = match n.strip_prefix("mean ± sample std (n − 1) over ").and_then(|r| r.strip_suffix(" folds")) {
+                Some(k) if over != "fold" => format!("mean ± sample std (n − 1) over {k} replicates ({over})"),
+                _ => n,
+            };
             if !t.notes.contains(&n) {
                 t.notes.push(n);
             }

@@ -159,6 +159,9 @@ fn history_of(v: &Dynamic) -> anyhow::Result<History> {
     if let Some(h) = v.clone().try_cast::<History>() {
         return Ok(h);
     }
+    if let Some(r) = v.clone().try_cast::<crate::script::api::train::TrainResultV>() {
+        return Ok(r.0.history.clone());
+    }
     if let Some(h) = v.read_lock::<Map>().and_then(|m| m.get("history").and_then(|h| h.clone().try_cast::<History>())) {
         return Ok(h);
     }
