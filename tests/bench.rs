@@ -237,6 +237,12 @@ fn satm_step_matches_pytorch_reference() {
     Tensor::write_safetensors(&steps, inp.join("steps.safetensors")).unwrap();
 
     // 1 thread: the networks one after another; 2 threads: side by side (one worker per network).
+    if !satm::core::train::parallel::concurrent_kernels_exact() {
+        eprintln!(
+            "note: networks do not run side by side on this CPU (oneDNN limited to AVX2: see \
+             parallel::concurrent_kernels_exact); the 2-thread runs check the sequential loop with 2 threads"
+        );
+    }
     let mut satm_runs = HashMap::new();
     for threads in [1, 2] {
         for arch in ARCHS {

@@ -26,7 +26,8 @@ pub struct SideBySide {
 }
 
 impl SideBySide {
-    /// K trainees on the CPU with at least K intra-op threads run one worker per network, each with its share of the
+    /// K trainees on the CPU with at least K intra-op threads (and oneDNN kernels that run concurrently with exact
+    /// results: `concurrent_kernels_exact`) run one worker per network, each with its share of the
     /// threads, instead of one network after another on all threads: the networks of a step are independent
     /// (crafting reads only its source, each update touches only its trainee), small convolutions scale poorly
     /// across threads, and the workers never wait on each other inside an op. Results are those of the sequential
@@ -39,13 +40,29 @@ impl SideBySide {
         let threads = crate::core::device::threads();
         let on_cpu = trainees.iter().all(|n| n.device() == Device::Cpu);
         let random_forward = trainees.iter().any(|n| n.has_dropout()) || frozen.iter().any(|n| n.has_dropout());
-        let ok = k >= 2 && threads >= k && on_cpu && !random_forward;
+        let ok = k >= 2 && threads >= k && on_cpu && !random_forward && concurrent_kernels_exact();
         SideBySide {
             craft: ok && attack_is_deterministic(spec),
             train: ok,
             threads: (0..k).map(|i| threads / k + usize::from(i < threads % k)).collect(),
         }
     }
+}
+
+/// Whether two networks' CPU kernels may run at the same time with the results of running them one after another.
+/// Checked by tests/bench.rs (against PyTorch at 1e-4, both step paths) with oneDNN's AVX-512 and AMX kernels. With
+/// oneDNN limited to AVX2 (AVX2-only CPUs such as AMD EPYC, emulated here with ONEDNN_MAX_CPU_ISA=AVX2), two workers
+/// side by side gave weights that varied from run to run by up to 6e-4 relative after 2 steps (resnet_s), while ATen's
+/// own AVX2 kernels (ATEN_CPU_CAPABILITY=avx2) did not: there the networks run one after another.
+pub fn concurrent_kernels_exact() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        let isa =
+            std::env::var("ONEDNN_MAX_CPU_ISA").or_else(|_| std::env::var("DNNL_MAX_CPU_ISA")).unwrap_or_default();
+        let isa = isa.trim().to_ascii_uppercase();
+        let limited = !(isa.is_empty() || isa == "ALL" || isa.starts_with("AVX512") || isa.starts_with("AVX10"));
+        crate::core::device::cpu_info().avx512f && !limited
+    })
 }
 
 /// One worker's job: borrows one network (and its optimizer), returns its result.
