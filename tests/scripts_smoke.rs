@@ -297,3 +297,96 @@ record("refused", msg);
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The converged reproduction's two stages at `scale=converged_test`: stage 1 pre-trains A, B and the hold-outs C, D
+/// per fold and saves them; stage 2 loads them into every arm point (the undefended arm's clean accuracy is exactly
+/// stage 1's test accuracy of the same network: the same weights, BN buffers included, on the same inputs), records
+/// every evaluation of its protocol, and collect pairs the arms by (fold, seed) for each of them.
+#[test]
+fn converged_stages_share_the_pretrained_networks_and_collect_every_metric() {
+    let dir = tmp("converged");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let satm = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_satm")).current_dir(&root).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{args:?}:\n{text}");
+        text
+    };
+    let (pre, arms) = (dir.join("pre"), dir.join("arms"));
+    let (pre_s, arms_s) = (pre.to_str().unwrap(), arms.to_str().unwrap());
+    let common = ["--set", "scale=converged_test", "-j", "2", "--threads", "1", "-q"];
+    let mut a = vec!["grid", "scripts/converged_pretrain.rhai", "--over", "fold=0..1", "--over", "net=A,B,C,D"];
+    a.extend(common);
+    a.extend(["--dir", pre_s]);
+    satm(&a);
+    let pretrained = format!("pretrained={pre_s}");
+    let mut a = vec!["grid", "scripts/converged.rhai", "--over", "fold=0..1", "--over", "seed=1", "--over"];
+    a.extend(["arm=undefended,satm", "--set", &pretrained]);
+    a.extend(common);
+    a.extend(["--dir", arms_s]);
+    satm(&a);
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    };
+    let metrics = [
+        "clean",
+        "C_rstepll",
+        "C_ll",
+        "C_pgd10",
+        "C_mifgsm",
+        "D_rstepll",
+        "D_ll",
+        "D_pgd10",
+        "D_mifgsm",
+        "partner_rstepll",
+        "wb_rstepll",
+        "wb_pgd20_e4",
+        "wb_apgdce_e4",
+        "wb_apgdt_e4",
+        "wb_pgd20_e8",
+        "wb_apgdce_e8",
+        "wb_apgdt_e8",
+    ];
+    for fold in 0..2 {
+        for net in ["A", "B", "C", "D"] {
+            let r = json(pre.join(format!("points/fold={fold},net={net}/results.json")));
+            assert_eq!(r["pretrain"]["steps"], 6, "{r}");
+            assert_eq!(r["pretrain"]["lr_schedule"], "cosine", "{r}");
+            assert_eq!(r["val_clean_acc"].as_array().map(|v| v.len()), Some(3), "a check every 2 of 6 steps: {r}");
+        }
+        for arm in ["undefended", "satm"] {
+            let r = json(arms.join(format!("points/fold={fold},seed=1,arm={arm}/results.json")));
+            assert_eq!(r["arm"]["arm"], arm);
+            assert_eq!(r["arm"]["lr_schedule"], "cosine");
+            for m in metrics {
+                for net in ["A", "B"] {
+                    let e = &r[format!("{m}_{net}")];
+                    assert_eq!(e["kind"], "eval", "{m}_{net} at fold {fold}, {arm}");
+                    let n = e["correct"].as_array().map(|c| c.len()).unwrap_or(0);
+                    let want = if m.starts_with("wb_") && m != "wb_rstepll" { 16 } else { 24 };
+                    assert_eq!(n, want, "{m}_{net}: per-example outcomes on the protocol's inputs");
+                }
+            }
+            for net in ["A", "B"] {
+                assert!(r[format!("masking_{net}")]["checks"].as_array().is_some_and(|c| c.len() >= 5), "{r}");
+            }
+            if arm == "undefended" {
+                for net in ["A", "B"] {
+                    let p = json(pre.join(format!("points/fold={fold},net={net}/results.json")));
+                    assert_eq!(
+                        r[format!("clean_{net}")]["correct"],
+                        p["test_clean"]["correct"],
+                        "fold {fold}: the undefended {net} is stage 1's network"
+                    );
+                }
+            }
+        }
+    }
+    satm(&["grid", "collect", arms_s]);
+    let c = json(arms.join("collected/comparisons.json"));
+    let rows: Vec<&serde_json::Value> =
+        c["rows"].as_array().unwrap().iter().filter(|r| r[6]["value"].as_i64() == Some(2)).collect();
+    assert_eq!(rows.len(), 2 * metrics.len(), "satm − undefended for every metric and network, paired over 2 folds");
+    assert!(rows.iter().all(|r| r[1]["value"] == "satm − undefended"), "{c}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
