@@ -83,6 +83,8 @@ for l in sys.stdin:
   [ -n "$exe" ] || { say "the test program '$t' was not built"; exit 1; }
   cp "$exe" "dist/device/tests/$t"
 done
+# Symbols are not needed to run; stripped, the whole of dist/device fits the device tool's carry beside the tree.
+strip dist/device/satm dist/device/tests/*
 ref="${SATM_REF_BENCH:-$here/../shared/bench/ref_satm.py}"
 [ -f "$ref" ] || { say "ref_satm.py not found (../shared/bench/ref_satm.py, or set SATM_REF_BENCH)"; exit 1; }
 cp "$ref" dist/device/ref_satm.py
