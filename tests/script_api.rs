@@ -1050,7 +1050,8 @@ fn attack_on_input_independent_logits_says_so() {
 }
 
 /// Inputs that could abort the process rather than unwind (a huge Rust allocation, a corrupt libtorch archive, a
-/// huge thread pool) run in a `satm -e` subprocess: it must exit with an error naming the function, not a signal.
+/// huge thread pool) run in a `satm -e` subprocess: it must exit with an error naming the function, not a signal,
+/// and not through a panic that guard() caught (SATM_PANIC_BACKTRACE makes the subprocess print caught panics).
 #[test]
 fn inputs_that_could_abort_run_in_a_subprocess() {
     let dir = tempfile::tempdir().unwrap();
@@ -1076,6 +1077,7 @@ fn inputs_that_could_abort_run_in_a_subprocess() {
             .args(["-e", code])
             .current_dir(dir.path())
             .env("SATM_QUIET", "1")
+            .env("SATM_PANIC_BACKTRACE", "1")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1085,6 +1087,9 @@ fn inputs_that_could_abort_run_in_a_subprocess() {
         match out.status.code() {
             None => failures.push(format!("{code}: killed by a signal ({:?}); stderr: {}", out.status, short(&stderr))),
             Some(0) => failures.push(format!("{code}: succeeded; expected an error")),
+            Some(_) if stderr.contains("panicked at") => {
+                failures.push(format!("{code}: a caught panic (still a bug): {}", short(&stderr)))
+            }
             Some(_) if !stderr.contains(func) || !stderr.contains(want) => {
                 failures.push(format!("{code}: error lacks '{func}' / '{want}': {}", short(&stderr)))
             }
