@@ -3,6 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::cli::read_json;
+
+/// `satm ARGS` in the checkout, which must succeed; returns both streams.
+fn satm(args: &[&str]) -> String {
+    let o = common::cli::satm(Path::new(env!("CARGO_MANIFEST_DIR")), args);
+    assert!(o.status.success(), "{args:?}:\n{}", common::cli::text(&o));
+    common::cli::text(&o)
+}
+
 fn run(script: &str, out: &Path) -> String {
     run_with(script, out, &[])
 }
@@ -144,13 +154,6 @@ fn arms_point_trains_the_same_networks_as_paper_tables_and_reports_the_same_hold
 #[test]
 fn arms_grid_collects_one_row_per_arm_and_network() {
     let dir = tmp("arms-grid");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let satm = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_satm")).current_dir(&root).args(args).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(o.status.success(), "{args:?}:\n{text}");
-        text
-    };
     let d = dir.to_str().unwrap();
     satm(&[
         "grid",
@@ -305,13 +308,6 @@ record("refused", msg);
 #[test]
 fn converged_stages_share_the_pretrained_networks_and_collect_every_metric() {
     let dir = tmp("converged");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let satm = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_satm")).current_dir(&root).args(args).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(o.status.success(), "{args:?}:\n{text}");
-        text
-    };
     let (pre, arms) = (dir.join("pre"), dir.join("arms"));
     let (pre_s, arms_s) = (pre.to_str().unwrap(), arms.to_str().unwrap());
     let common = ["--set", "scale=converged_test", "-j", "2", "--threads", "1", "-q"];
@@ -325,9 +321,6 @@ fn converged_stages_share_the_pretrained_networks_and_collect_every_metric() {
     a.extend(common);
     a.extend(["--dir", arms_s]);
     satm(&a);
-    let json = |p: PathBuf| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-    };
     let metrics = [
         "clean",
         "C_rstepll",
@@ -349,13 +342,13 @@ fn converged_stages_share_the_pretrained_networks_and_collect_every_metric() {
     ];
     for fold in 0..2 {
         for net in ["A", "B", "C", "D"] {
-            let r = json(pre.join(format!("points/fold={fold},net={net}/results.json")));
+            let r = read_json(&pre.join(format!("points/fold={fold},net={net}/results.json")));
             assert_eq!(r["pretrain"]["steps"], 6, "{r}");
             assert_eq!(r["pretrain"]["lr_schedule"], "cosine", "{r}");
             assert_eq!(r["val_clean_acc"].as_array().map(|v| v.len()), Some(3), "a check every 2 of 6 steps: {r}");
         }
         for arm in ["undefended", "satm"] {
-            let r = json(arms.join(format!("points/fold={fold},seed=1,arm={arm}/results.json")));
+            let r = read_json(&arms.join(format!("points/fold={fold},seed=1,arm={arm}/results.json")));
             assert_eq!(r["arm"]["arm"], arm);
             assert_eq!(r["arm"]["lr_schedule"], "cosine");
             for m in metrics {
@@ -372,7 +365,7 @@ fn converged_stages_share_the_pretrained_networks_and_collect_every_metric() {
             }
             if arm == "undefended" {
                 for net in ["A", "B"] {
-                    let p = json(pre.join(format!("points/fold={fold},net={net}/results.json")));
+                    let p = read_json(&pre.join(format!("points/fold={fold},net={net}/results.json")));
                     assert_eq!(
                         r[format!("clean_{net}")]["correct"],
                         p["test_clean"]["correct"],
@@ -383,7 +376,7 @@ fn converged_stages_share_the_pretrained_networks_and_collect_every_metric() {
         }
     }
     satm(&["grid", "collect", arms_s]);
-    let c = json(arms.join("collected/comparisons.json"));
+    let c = read_json(&arms.join("collected/comparisons.json"));
     let rows: Vec<&serde_json::Value> =
         c["rows"].as_array().unwrap().iter().filter(|r| r[6]["value"].as_i64() == Some(2)).collect();
     assert_eq!(rows.len(), 2 * metrics.len(), "satm − undefended for every metric and network, paired over 2 folds");
