@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 const GROUPS: [(u32, u32, &str); 8] = [
     (0, 2, "0-2"),
     (4, 6, "4-6"),
@@ -26,8 +28,10 @@ fn shared() -> Option<PathBuf> {
     if d.join("utkface/images").is_dir() && d.join("adience_sample/faces").is_dir() {
         return Some(d);
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "../shared/data is needed for the import tests");
-    eprintln!("skipped: ../shared/data (real UTKFace and Adience faces) is not beside the checkout");
+    common::skip_unless_ci(
+        "../shared/data",
+        "../shared/data (real UTKFace and Adience faces) is not beside the checkout",
+    );
     None
 }
 

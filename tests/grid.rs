@@ -391,7 +391,7 @@ fn slurm_available(test: &str) -> bool {
     if std::env::var("SATM_SLURM").as_deref() == Ok("1") {
         panic!("SATM_SLURM=1 but Slurm does not work ({why}); start it with: bash tools/slurm_local.sh start");
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+    if common::under_ci() {
         panic!(
             "CI={} but Slurm does not work ({why}): under CI the real-Slurm tests must run; tools/test.sh starts it (as root) with tools/slurm_local.sh",
             std::env::var("CI").unwrap_or_default()
