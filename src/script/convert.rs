@@ -35,7 +35,10 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
 /// Runs the body of a registered function: an `anyhow` error becomes "`name`: message (with causes)", and a panic
 /// from libtorch (a shape mismatch in a non-fallible op) becomes an error instead of killing the REPL.
 pub fn guard<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> RResult<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    GUARDED.with(|g| g.set(g.get() + 1));
+    let caught = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(g.get() - 1));
+    match caught {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
             if crate::core::cancel::is_cancel_error(&e) {
@@ -74,13 +77,20 @@ fn first_torch_line(s: &str) -> String {
     out
 }
 
-/// Quietens the default panic message for panics that `guard` catches (it reports them itself).
+thread_local! {
+    /// How many `guard`s this thread is inside: a panic there becomes a script error, reported by the guard.
+    static GUARDED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Quietens the default panic message for panics that `guard` catches (it reports them itself); every other panic
+/// (a bug outside a guard, a failing assertion in a test that uses the engine) prints as usual. SATM_PANIC_BACKTRACE
+/// prints the caught ones too.
 pub fn install_quiet_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if std::env::var_os("SATM_PANIC_BACKTRACE").is_some() {
+            if GUARDED.with(|g| g.get()) == 0 || std::env::var_os("SATM_PANIC_BACKTRACE").is_some() {
                 default(info);
             }
         }));
