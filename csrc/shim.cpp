@@ -1,11 +1,37 @@
-// What satm needs from libtorch that tch does not expose: autocast on CPU (and CUDA with bf16).
-// Kept tiny and C-ABI only; see src/core/amp.rs for the Rust side.
+// What satm needs from libtorch that tch does not expose: autocast on CPU (and CUDA with bf16), and generator
+// objects of its own (one random stream per thread instead of libtorch's one process-wide generator).
+// Kept tiny and C-ABI only; see src/core/amp.rs and src/core/random.rs for the Rust side.
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/headeronly/version.h>
 
+#include <mutex>
+#include <string>
+
 static at::DeviceType dev_of(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
+
+// The message of the last failed satm_gen_* call on this thread.
+static thread_local std::string gen_error;
+
+static at::Generator& gen_of(void* g) { return *static_cast<at::Generator*>(g); }
+
+template <typename F>
+static int gen_call(F f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    gen_error = e.what();
+    return -1;
+  } catch (...) {
+    gen_error = "unknown C++ exception";
+    return -1;
+  }
+}
 
 extern "C" {
 
@@ -49,6 +75,46 @@ int satm_set_allow_tf32(int on) {
     return -1;
   }
 }
+
+// A CPU generator (the kind torch.Generator() makes) seeded with `seed`; nullptr on failure. Draws from it equal
+// those of libtorch's default generator after manual_seed(seed).
+void* satm_gen_new(uint64_t seed) {
+  try {
+    return new at::Generator(at::make_generator<at::CPUGeneratorImpl>(seed));
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void satm_gen_free(void* g) { delete static_cast<at::Generator*>(g); }
+
+int satm_gen_seed(void* g, uint64_t seed) {
+  return gen_call([&] {
+    auto& gen = gen_of(g);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(seed);
+  });
+}
+
+// In-place draws into `t` (an at::Tensor*, as tch passes them), as Tensor.normal_ / uniform_ / random_ / bernoulli_
+// with `generator=`; 0 on success, -1 with satm_gen_error() set.
+int satm_gen_normal_(void* g, void* t, double mean, double std) {
+  return gen_call([&] { static_cast<at::Tensor*>(t)->normal_(mean, std, gen_of(g)); });
+}
+
+int satm_gen_uniform_(void* g, void* t, double from, double to) {
+  return gen_call([&] { static_cast<at::Tensor*>(t)->uniform_(from, to, gen_of(g)); });
+}
+
+int satm_gen_random_(void* g, void* t, int64_t from, int64_t to) {
+  return gen_call([&] { static_cast<at::Tensor*>(t)->random_(from, to, gen_of(g)); });
+}
+
+int satm_gen_bernoulli_(void* g, void* t, double p) {
+  return gen_call([&] { static_cast<at::Tensor*>(t)->bernoulli_(p, gen_of(g)); });
+}
+
+const char* satm_gen_error() { return gen_error.c_str(); }
 
 // The libtorch version the binary was built against, e.g. "2.13.0".
 const char* satm_torch_version() { return TORCH_VERSION; }

@@ -3,13 +3,14 @@
 use crate::core::data::Dataset;
 use crate::core::device::{self, Precision};
 use crate::core::models::{ModelSpec, Net};
+use crate::core::random;
 use crate::core::report::{Cell, Table};
 use crate::core::train::{self, TrainConfig};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::Command;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -111,30 +112,30 @@ pub fn step_flops(arch: &str, size: i64, width: f64, classes: i64, batch: i64, k
 }
 
 /// Measured matmul peak (GFLOP/s) for `kind` on the CPU with the current thread count.
-pub fn matmul_peak(kind: Kind) -> f64 {
+pub fn matmul_peak(kind: Kind) -> Result<f64> {
     let n = 2048;
-    let a = Tensor::rand([n, n], (Kind::Float, Device::Cpu)).to_kind(kind);
-    let b = Tensor::rand([n, n], (Kind::Float, Device::Cpu)).to_kind(kind);
-    let _ = a.matmul(&b);
+    let a = random::rand(&[n, n])?.f_to_kind(kind)?;
+    let b = random::rand(&[n, n])?.f_to_kind(kind)?;
+    let _ = a.f_matmul(&b)?;
     let mut best = f64::MAX;
     for _ in 0..5 {
         let t = std::time::Instant::now();
-        let _ = a.matmul(&b);
+        let _ = a.f_matmul(&b)?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    2.0 * (n as f64).powi(3) / best / 1e9
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
 }
 
 /// One satm measurement in this process: warm-up, then `steps` timed SATM steps on a fixed random batch.
 fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
     device::set_threads(a.threads)?;
-    device::seed_everything(0);
+    device::seed_everything(0)?;
     let precision = Precision::parse(&a.precision)?;
     let classes = 8;
     let spec = ModelSpec { arch: a.arch.clone(), classes, width: a.width, size: a.size, ..ModelSpec::default() };
     let mut nets: Vec<Net> = (0..a.k).map(|_| Net::new(&spec, Device::Cpu)).collect::<Result<_>>()?;
-    let images = Tensor::randint(256, [a.batch, 3, a.size, a.size], (Kind::Uint8, Device::Cpu));
-    let labels: Vec<i64> = Vec::<i64>::try_from(&Tensor::randint(classes, [a.batch], (Kind::Int64, Device::Cpu)))?;
+    let images = random::randint(256, &[a.batch, 3, a.size, a.size], Kind::Uint8)?;
+    let labels: Vec<i64> = Vec::<i64>::try_from(&random::randint(classes, &[a.batch], Kind::Int64)?)?;
     let data =
         Dataset::new("bench", images, labels, (0..classes).map(|c| c.to_string()).collect(), vec![], vec![], vec![])?;
     let cfg = |steps: usize| TrainConfig {
@@ -186,7 +187,7 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
 /// (index, convert to f32 in [0, 1]), as the trainer draws them.
 fn data_seconds_per_batch(a: &BenchArgs, classes: i64) -> Result<f64> {
     let n = 16 * a.batch;
-    let images = Tensor::f_randint(256, [n, 3, a.size, a.size], (Kind::Uint8, Device::Cpu))?;
+    let images = random::randint(256, &[n, 3, a.size, a.size], Kind::Uint8)?;
     let labels: Vec<i64> = (0..n).map(|i| i % classes).collect();
     let data =
         Dataset::new("bench", images, labels, (0..classes).map(|c| c.to_string()).collect(), vec![], vec![], vec![])?;
@@ -499,9 +500,9 @@ fn run(a: &BenchArgs) -> Result<()> {
     }
     let load_after = load_average();
     device::set_threads(a.threads)?;
-    let peak32 = matmul_peak(Kind::Float);
+    let peak32 = matmul_peak(Kind::Float)?;
     // An emulated bf16 matmul is slow and says nothing; measure it only where bf16 rows ran.
-    let peak16 = if modes.iter().any(|m| m.bf16) && native { matmul_peak(Kind::BFloat16) } else { f64::NAN };
+    let peak16 = if modes.iter().any(|m| m.bf16) && native { matmul_peak(Kind::BFloat16)? } else { f64::NAN };
     let f = |v: &Option<serde_json::Value>, k: &str| v.as_ref().and_then(|v| v[k].as_f64());
     let mut tables = vec![];
     let mut json_archs = vec![];

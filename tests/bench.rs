@@ -74,6 +74,7 @@ fn satm_draws(data: &Dataset, cfg: &TrainConfig, step: usize) -> (Tensor, Tensor
         device: Device::Cpu,
     };
     let b = data.batches(&opts).unwrap().nth(step % per_epoch).unwrap().unwrap();
+    // The trainer's draw at this step, made here with PyTorch's own generator after the same seed.
     tch::manual_seed(mix(cfg.seed ^ mix(0x5A7A + step as u64)) as i64 & i64::MAX);
     let noise = (0..K).map(|_| Tensor::randn(b.x.size(), (Kind::Float, Device::Cpu))).collect();
     (b.x, b.y, noise)
@@ -89,7 +90,7 @@ fn satm_side(
     dir: &Path,
 ) -> (Vec<HashMap<String, Tensor>>, Vec<HashMap<String, Tensor>>, Vec<Vec<[f64; 4]>>) {
     tch::set_num_threads(threads);
-    tch::manual_seed(1);
+    satm::core::device::seed_everything(1).unwrap();
     let spec = ModelSpec { arch: arch.into(), classes: CLASSES, width: WIDTH, size: SIZE, ..ModelSpec::default() };
     let dev = test_device();
     let mut nets: Vec<Net> = (0..K).map(|_| Net::new(&spec, dev).unwrap()).collect();
@@ -216,7 +217,7 @@ fn satm_step_matches_pytorch_reference() {
     let inp = dir.path().join("in");
     std::fs::create_dir_all(&inp).unwrap();
 
-    tch::manual_seed(7);
+    satm::core::device::seed_everything(7).unwrap();
     let images = Tensor::randint(256, [BATCH, 3, SIZE, SIZE], (Kind::Uint8, Device::Cpu));
     let labels_t = Tensor::randint(CLASSES, [BATCH], (Kind::Int64, Device::Cpu));
     let labels: Vec<i64> = Vec::try_from(&labels_t).unwrap();

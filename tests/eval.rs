@@ -61,7 +61,7 @@ fn data() -> Dataset {
 }
 
 fn train(name: &str, seed: i64, hidden: i64) -> Mlp {
-    tch::manual_seed(seed);
+    satm::core::device::seed_everything(seed as u64).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let p = vs.root();
     let l1 = nn::linear(&p / "l1", 192, hidden, Default::default());

@@ -6,11 +6,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor, nn};
 
+mod common;
+
 fn python() -> PathBuf {
-    let venv = std::env::var_os("SATM_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dirs::home_dir().expect("home directory").join(".cache/satm/venv"));
-    let py = venv.join("bin/python");
+    let py = common::venv_python();
     assert!(
         py.is_file(),
         "the project venv's python is missing at {} (run tests through tools/cargo.sh)",
@@ -259,7 +258,7 @@ fn rand_input(size: i64) -> Tensor {
 
 #[test]
 fn strict_load_names_offending_keys_and_loose_load_keeps_the_body() {
-    tch::manual_seed(1);
+    satm::core::device::seed_everything(1).unwrap();
     let src = Net::new(&ModelSpec::new("vggbn_s", 8), Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("src.safetensors");
@@ -294,7 +293,7 @@ fn strict_load_names_offending_keys_and_loose_load_keeps_the_body() {
 
 #[test]
 fn save_load_round_trip_safetensors_and_ot() {
-    tch::manual_seed(2);
+    satm::core::device::seed_everything(2).unwrap();
     let mut a = Net::new(&ModelSpec::new("resnet_s", 4), Device::Cpu).unwrap();
     // One training-mode forward moves the running statistics and the BN counters away from their initial values.
     let x = rand_input(16);
@@ -320,7 +319,7 @@ fn save_load_round_trip_safetensors_and_ot() {
 
 #[test]
 fn freeze_by_prefix_and_clone_independence() {
-    tch::manual_seed(3);
+    satm::core::device::seed_everything(3).unwrap();
     let mut net = Net::new(&ModelSpec::new("vgg_s", 8), Device::Cpu).unwrap();
     let all = net.trainable_variables().len();
     assert_eq!(all, 16); // 6 convs + 1 hidden linear + head, weight and bias each
@@ -353,7 +352,7 @@ fn freeze_by_prefix_and_clone_independence() {
 
 #[test]
 fn channels_last_and_normalization_and_width() {
-    tch::manual_seed(4);
+    satm::core::device::seed_everything(4).unwrap();
     let mut spec = ModelSpec::new("vggbn_s", 5);
     spec.width = 0.25;
     let mut net = Net::new(&spec, Device::Cpu).unwrap();

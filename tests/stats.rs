@@ -11,10 +11,7 @@ use std::process::{Command, Stdio};
 mod common;
 
 fn python() -> PathBuf {
-    let venv = std::env::var_os("SATM_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dirs::home_dir().expect("home directory").join(".cache/satm/venv"));
-    venv.join("bin/python")
+    common::venv_python()
 }
 
 /// Runs the reference script on `input`; `None` (after saying why) when python or scipy is missing outside CI.

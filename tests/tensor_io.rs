@@ -9,18 +9,7 @@ use tch::{Kind, Tensor};
 mod common;
 
 fn python() -> Option<PathBuf> {
-    let venv = std::env::var_os("SATM_VENV")
-        .map(PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".cache/satm/venv")))?;
-    let p = venv.join("bin/python");
-    if p.is_file() {
-        return Some(p);
-    }
-    common::skip_unless_ci(
-        "the project venv's python (PyTorch round trip)",
-        &format!("the project venv's python ({}) is missing", p.display()),
-    );
-    None
+    common::venv_python_or_skip("the project venv's python (PyTorch round trip)")
 }
 
 /// (name, kind, torch dtype name, shape). Values of element i (row-major): (i * 7 % 23) - 5, cast to the kind

@@ -33,7 +33,7 @@ fn synthetic(n: usize, seed: u64) -> Dataset {
 }
 
 fn net(seed: i64, arch: &str) -> Net {
-    tch::manual_seed(seed);
+    satm::core::device::seed_everything(seed as u64).unwrap();
     let spec = ModelSpec { arch: arch.into(), classes: CLASSES, width: 0.25, size: SIZE, ..ModelSpec::default() };
     Net::new(&spec, Device::Cpu).unwrap()
 }
@@ -70,7 +70,7 @@ fn standard(n: &mut Net, data: &Dataset, steps: usize, lr: f64) {
 
 /// Accuracy of `target` on R+Step-LL examples crafted on `source` (a black-box attack).
 fn black_box(source: &Net, target: &Net, data: &Dataset) -> f64 {
-    tch::manual_seed(99);
+    satm::core::device::seed_everything(99).unwrap();
     let spec = AttackSpec { eps: 0.2, alpha: 0.1, ..AttackSpec::new(AttackKind::RStepLl) };
     let x = data.images.to_kind(Kind::Float) / 255.0;
     let y = Tensor::from_slice(&data.labels);
@@ -207,7 +207,7 @@ fn r_adv_zero_and_r_da_zero_is_pytorchs_standard_training() {
     // and 3 momentum steps through BatchNorm grow that to ~2e-4.
     // Random pixels rather than the stripes task: its exactly equal pixels make max-pooling ties that rounding
     // decides, and one flipped tie moves an update by ~2e-4 (seen with AVX2 kernels).
-    tch::manual_seed(5);
+    satm::core::device::seed_everything(5).unwrap();
     let images = Tensor::randint(256, [32, 3, SIZE, SIZE], (Kind::Uint8, Device::Cpu));
     let labels: Vec<i64> = Vec::try_from(&Tensor::randint(CLASSES, [32], (Kind::Int64, Device::Cpu))).unwrap();
     let classes: Vec<String> = (0..CLASSES).map(|c| c.to_string()).collect();

@@ -32,7 +32,7 @@ fn nets() -> Vec<Net> {
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            tch::manual_seed(40 + i as i64);
+            satm::core::device::seed_everything(40 + i as u64).unwrap();
             let spec = ModelSpec { arch: a.to_string(), classes: 4, width: 0.25, size: 16, ..ModelSpec::default() };
             Net::new(&spec, Device::Cpu).unwrap()
         })

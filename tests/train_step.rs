@@ -21,7 +21,7 @@ const CLASSES: i64 = 4;
 const SIZE: i64 = 16;
 
 fn fresh(arch: &str) -> Net {
-    tch::manual_seed(11);
+    satm::core::device::seed_everything(11).unwrap();
     let spec = ModelSpec { arch: arch.into(), classes: CLASSES, width: 0.25, size: SIZE, ..ModelSpec::default() };
     Net::new(&spec, Device::Cpu).unwrap()
 }
@@ -41,7 +41,7 @@ fn cfg(da: bool) -> TrainConfig {
 
 /// The same trainee every time: network and DA head from fixed seeds.
 fn trainee<'a>(net: &'a mut Net, da: bool) -> Trainee<'a> {
-    tch::manual_seed(5);
+    satm::core::device::seed_everything(5).unwrap();
     Trainee::new(net, &cfg(da)).unwrap()
 }
 
@@ -61,7 +61,7 @@ struct Inputs {
 }
 
 fn inputs(adv: bool, own: bool) -> Inputs {
-    tch::manual_seed(3);
+    satm::core::device::seed_everything(3).unwrap();
     let x = Tensor::rand([B, 3, SIZE, SIZE], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(CLASSES, [B], (Kind::Int64, Device::Cpu));
     let xa = (&x + Tensor::randn([B, 3, SIZE, SIZE], (Kind::Float, Device::Cpu)) * 0.1).clamp(0.0, 1.0);

@@ -37,12 +37,16 @@ pub fn device_name(d: Device) -> String {
     }
 }
 
-/// Seeds libtorch's CPU and CUDA generators; data shuffling and fold assignment take the same seed explicitly.
-pub fn seed_everything(seed: u64) {
+/// Seeds this thread's random stream (`core::random`: every draw satm makes) and, for anything else in the process
+/// that draws from them, libtorch's process-wide CPU and CUDA generators; data shuffling and fold assignment take the
+/// same seed explicitly.
+pub fn seed_everything(seed: u64) -> Result<()> {
+    crate::core::random::seed(seed)?;
     tch::manual_seed(seed as i64);
     if tch::Cuda::is_available() {
         tch::Cuda::manual_seed_all(seed);
     }
+    Ok(())
 }
 
 /// More intra-op threads than this is a typo, not a machine: libtorch would try to start them all.

@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod mem;
 pub mod models;
 pub mod paths;
+pub mod random;
 pub mod report;
 pub mod stats;
 pub mod tensorio;

@@ -315,7 +315,9 @@ impl Session {
     /// A fresh scope, no session functions or modules, and the session settings the REPL started with.
     pub fn reset(&mut self) {
         state::update(|s| *s = self.initial.clone());
-        device::seed_everything(self.initial.seed);
+        if let Err(e) = device::seed_everything(self.initial.seed) {
+            eprintln!("warning: :reset could not reseed: {e:#}");
+        }
         // Best effort: the thread count is process-wide; failing to restore it is not worth an error.
         let _ = device::set_threads(self.initial_threads);
         self.engine = script::new_engine();

@@ -6,8 +6,8 @@
 //! (logits averaged, as in MI-FGSM's ensemble attack) for transfer attacks. Input gradients come from
 //! `Tensor::run_backward(&[loss], &[x])`, so parameters' `.grad` is never touched and weight gradients are not computed.
 //! Logits are cast to fp32 before any loss, so under bf16 autocast the perturbation stays fp32.
-//! Randomness (R+ noise, random starts, Square's proposals) is drawn on the CPU from tch's global generator and moved
-//! to the input's device, so one seed gives the same attack on every device.
+//! Randomness (R+ noise, random starts, Square's proposals) is drawn on the CPU from the calling thread's random
+//! stream (`core::random`) and moved to the input's device, so one seed gives the same attack on every device.
 mod apgd;
 mod gradient;
 pub mod grid;
@@ -286,7 +286,8 @@ pub struct AttackSpec {
     pub queries: usize,
     /// Square: initial fraction of pixels changed per query.
     pub p_init: f64,
-    /// Reseeds tch's generators (`seed_everything`) before crafting; `None` uses the generators as the caller left them.
+    /// Reseeds the calling thread's random stream (`core::random::seed`) before crafting; `None` draws from the stream
+    /// as the caller left it.
     pub seed: Option<u64>,
 }
 
@@ -554,7 +555,7 @@ fn craft_impl(
         .map(|n| -> Result<Tensor> { Ok(n.f_to_device(x.device())?.f_to_kind(Kind::Float)?.f_detach()?) })
         .transpose()?;
     if let Some(seed) = spec.seed {
-        crate::core::device::seed_everything(seed);
+        crate::core::random::seed(seed)?;
     }
     let x_adv = match spec.kind {
         AttackKind::Square => square::square(&ctx, spec, &x, &y)?,
@@ -705,12 +706,12 @@ fn select_rows(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// A standard normal sample of `shape`, drawn on the CPU (device-independent for a given seed), on `device`.
 fn randn(shape: &[i64], device: Device) -> Result<Tensor> {
-    Ok(Tensor::f_randn(shape, (Kind::Float, Device::Cpu))?.f_to_device(device)?)
+    Ok(crate::core::random::randn(shape)?.f_to_device(device)?)
 }
 
-/// Uniform in [−1, 1), drawn on the CPU, on `device`.
+/// Uniform in [−1, 1) (`2·rand − 1`), drawn on the CPU, on `device`.
 fn uniform_pm1(shape: &[i64], device: Device) -> Result<Tensor> {
-    Ok(Tensor::f_rand(shape, (Kind::Float, Device::Cpu))?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_to_device(device)?)
+    Ok(crate::core::random::rand(shape)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_to_device(device)?)
 }
 
 /// Whether the attack's goal is reached per example: the prediction differs from `labels` (untargeted) or

@@ -4,7 +4,7 @@
 //! p schedule, rescaled to the query budget as in AutoAttack. Everything runs under `no_grad` on a detached input,
 //! so no gradient can be requested.
 use super::{AttackSpec, Ctx, attack_labels, project, select_rows};
-use crate::core::cancel;
+use crate::core::{cancel, random};
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
@@ -42,10 +42,7 @@ fn margin(ctx: &Ctx, x: &Tensor, labels: &Tensor) -> Result<Tensor> {
 
 /// ±1 with equal probability, drawn on the CPU, on `device`.
 fn random_signs(shape: &[i64], device: Device) -> Result<Tensor> {
-    Ok(Tensor::f_randint(2, shape, (Kind::Float, Device::Cpu))?
-        .f_mul_scalar(2.0)?
-        .f_sub_scalar(1.0)?
-        .f_to_device(device)?)
+    Ok(random::randint(2, shape, Kind::Float)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_to_device(device)?)
 }
 
 /// The fraction of pixels a window covers at query `it` of `n_queries` (Andriushchenko et al., schedule for 10 000
@@ -94,10 +91,8 @@ fn single_run(ctx: &Ctx, spec: &AttackSpec, x: &Tensor, labels: &Tensor) -> Resu
         let s = ((p * (h * w) as f64).sqrt().round() as i64).clamp(1, h.min(w));
         // A random s×s window per example; inside it every channel moves by 2ε·(±1), then the ε-ball projection
         // puts it at x ± ε.
-        let vh =
-            Tensor::f_randint(h - s + 1, [n], (Kind::Int64, Device::Cpu))?.f_to_device(dev)?.f_view([n, 1, 1, 1])?;
-        let vw =
-            Tensor::f_randint(w - s + 1, [n], (Kind::Int64, Device::Cpu))?.f_to_device(dev)?.f_view([n, 1, 1, 1])?;
+        let vh = random::randint(h - s + 1, &[n], Kind::Int64)?.f_to_device(dev)?.f_view([n, 1, 1, 1])?;
+        let vw = random::randint(w - s + 1, &[n], Kind::Int64)?.f_to_device(dev)?.f_view([n, 1, 1, 1])?;
         let in_rows = rows.f_ge_tensor(&vh)?.f_logical_and(&rows.f_lt_tensor(&vh.f_add_scalar(s)?)?)?;
         let in_cols = cols.f_ge_tensor(&vw)?.f_logical_and(&cols.f_lt_tensor(&vw.f_add_scalar(s)?)?)?;
         let window = in_rows.f_logical_and(&in_cols)?.f_to_kind(Kind::Float)?; // [n, 1, h, w]

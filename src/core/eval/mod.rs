@@ -15,9 +15,9 @@ pub use robust::{RobustOpts, RobustResult, RobustStage, robust_eval};
 pub use tables::{ChangeRow, Pair, VariantsRow, change_table, variants_table};
 
 use crate::core::attacks::{AttackSpec, craft};
+use crate::core::cancel;
 use crate::core::data::{BatchOpts, Dataset, rng};
 use crate::core::models::Classifier;
-use crate::core::{cancel, device};
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor};
 
@@ -206,7 +206,8 @@ fn evaluate_many(
     let mut conf: Vec<Confusion> = targets.iter().map(|_| Confusion::new(classes)).collect();
     let mut preds: Vec<Vec<i64>> = targets.iter().map(|_| Vec::with_capacity(data.len())).collect();
     let mut labels: Vec<i64> = Vec::with_capacity(data.len());
-    device::seed_everything(opts.seed);
+    // Random starts and restarts draw from a stream of the evaluation's own seed; the caller's stream is untouched.
+    let _stream = crate::core::random::scope(opts.seed)?;
     for b in eval_batches(data, opts.batch_size, device)? {
         cancel::check()?;
         let b = b?;

@@ -3,11 +3,11 @@
 //! robust only if every attack fails on it (worst case per example).
 use super::{EvalResult, check_classes, eval_batches, eval_subset, fmt_eps, predict};
 use crate::core::attacks::{AttackKind, AttackSpec, craft};
+use crate::core::cancel;
 use crate::core::data::Dataset;
 use crate::core::eval::Confusion;
 use crate::core::models::Classifier;
 use crate::core::report::{Cell, Table};
-use crate::core::{cancel, device};
 use anyhow::{Context, Result};
 
 /// Settings of the preset. The defaults follow AutoAttack's "standard" version except Square's query budget
@@ -132,7 +132,8 @@ pub fn robust_eval(model: &dyn Classifier, data: &Dataset, o: &RobustOpts) -> Re
     let to_vec = |t: &tch::Tensor| -> Result<Vec<i64>> {
         Ok(Vec::<i64>::try_from(&t.f_to_kind(tch::Kind::Int64)?.f_to_device(tch::Device::Cpu)?)?)
     };
-    device::seed_everything(o.seed);
+    // Random starts and restarts draw from a stream of the evaluation's own seed; the caller's stream is untouched.
+    let _stream = crate::core::random::scope(o.seed)?;
     let srcs = [model];
     for b in eval_batches(d, o.batch_size, model.device())? {
         cancel::check()?;

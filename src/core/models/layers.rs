@@ -40,30 +40,44 @@ pub fn path_name(p: &nn::Path) -> String {
     p.components().collect::<Vec<_>>().join(".")
 }
 
+/// How a variable starts: drawn from this thread's random stream (`core::random`, on the CPU, so a seed gives the
+/// same weights on every device) or constant.
+enum Init {
+    /// `torch.empty(dims).uniform_(-b, b)`.
+    Uniform(f64),
+    /// `torch.randn(dims) * std`, as `nn.init.normal_(w, 0, std)` and `kaiming_normal_` draw it.
+    Normal(f64),
+    Zeros,
+}
+
+fn new_var(p: &nn::Path, name: &str, dims: &[i64], init: Init) -> Result<Tensor> {
+    let ctx = || format!("creating {}.{name}", path_name(p));
+    let drawn = match init {
+        Init::Uniform(b) => crate::core::random::uniform(dims, -b, b).with_context(ctx)?,
+        Init::Normal(std) => crate::core::random::randn(dims).with_context(ctx)?.f_mul_scalar(std)?,
+        Init::Zeros => return p.f_var(name, dims, nn::Init::Const(0.0)).with_context(ctx),
+    };
+    p.f_var_copy(name, &drawn).with_context(ctx)
+}
+
 fn init_weight(p: &nn::Path, name: &str, dims: &[i64], style: InitStyle) -> Result<Tensor> {
     let fan_in: i64 = dims.iter().skip(1).product::<i64>().max(1);
     let fan_out: i64 = dims[0] * dims.iter().skip(2).product::<i64>();
     let init = match style {
-        InitStyle::Torch => {
-            let b = 1.0 / (fan_in as f64).sqrt();
-            nn::Init::Uniform { lo: -b, up: b }
-        }
-        InitStyle::KaimingFanOut => nn::Init::Randn { mean: 0.0, stdev: (2.0 / fan_out as f64).sqrt() },
-        InitStyle::Normal(std) => nn::Init::Randn { mean: 0.0, stdev: std },
-        InitStyle::Zeros => nn::Init::Const(0.0),
+        InitStyle::Torch => Init::Uniform(1.0 / (fan_in as f64).sqrt()),
+        InitStyle::KaimingFanOut => Init::Normal((2.0 / fan_out as f64).sqrt()),
+        InitStyle::Normal(std) => Init::Normal(std),
+        InitStyle::Zeros => Init::Zeros,
     };
-    p.f_var(name, dims, init).with_context(|| format!("creating {}.{name}", path_name(p)))
+    new_var(p, name, dims, init)
 }
 
 fn init_bias(p: &nn::Path, dims: &[i64], fan_in: i64, style: InitStyle) -> Result<Tensor> {
     let init = match style {
-        InitStyle::Torch => {
-            let b = 1.0 / (fan_in.max(1) as f64).sqrt();
-            nn::Init::Uniform { lo: -b, up: b }
-        }
-        _ => nn::Init::Const(0.0),
+        InitStyle::Torch => Init::Uniform(1.0 / (fan_in.max(1) as f64).sqrt()),
+        _ => Init::Zeros,
     };
-    p.f_var("bias", dims, init).with_context(|| format!("creating {}.bias", path_name(p)))
+    new_var(p, "bias", dims, init)
 }
 
 /// `nn.Conv2d` (groups 1, dilation 1).
@@ -202,7 +216,7 @@ impl Module for Op {
             Op::AvgPool { k, s, p } => x.f_avg_pool2d([*k, *k], [*s, *s], [*p, *p], false, true, None::<i64>)?,
             Op::AdaptiveAvg(o) => x.f_adaptive_avg_pool2d(o)?,
             Op::Flatten => x.f_flatten(1, -1)?,
-            Op::Dropout(p) => x.f_dropout(*p, train)?,
+            Op::Dropout(p) => crate::core::random::dropout(x, *p, train)?,
         })
     }
     fn kind(&self) -> &'static str {

@@ -190,6 +190,20 @@ impl Net {
         Ok((net, report))
     }
 
+    /// Builds `spec` from a full state (every variable, and BN counters under `<bn>.num_batches_tracked`) without
+    /// drawing initial weights: a strict load, so anything missing or extra is an error.
+    pub fn from_state(spec: &ModelSpec, device: Device, state: &[(String, Tensor)]) -> Result<Net> {
+        let mut net = Net::build(spec, device, true)?;
+        net.load_tensors(state, true)?;
+        Ok(net)
+    }
+
+    /// Each BatchNorm's `num_batches_tracked` counter, by the BN's name: handles that another thread may read while
+    /// this network trains (a live snapshot reads them between two steps).
+    pub fn bn_counters(&self) -> Vec<(String, Arc<AtomicI64>)> {
+        self.bns.iter().map(|(n, c)| (format!("{n}.{BN_COUNTER}"), Arc::clone(c))).collect()
+    }
+
     fn build(spec: &ModelSpec, device: Device, zero_init: bool) -> Result<Net> {
         spec.validate()?;
         let vs = nn::VarStore::new(device);

@@ -374,7 +374,7 @@ impl<'a> Trainer<'a> {
         let epoch = step / self.steps_per_epoch;
         let batch = next_batch(&mut self.epoch_batches, self.data, &self.cfg, step, self.steps_per_epoch)?;
         let mut batch = OnDevices::new(batch);
-        tch::manual_seed(mix(self.cfg.seed ^ mix(0x5A7A + step as u64)) as i64 & i64::MAX);
+        crate::core::random::seed(mix(self.cfg.seed ^ mix(0x5A7A + step as u64)) & i64::MAX as u64)?;
         let s = &self.steer.settings;
         let w =
             LossWeights { r_adv: s.r_adv, r_da: s.r_da, white_box: self.cfg.white_box, lambda: s.lambda.at(progress) };
@@ -491,6 +491,10 @@ fn train(run: Run) -> Result<TrainResult> {
     // Every step frees and re-allocates the same activation sizes: keep them in the heap (no page faults per step).
     crate::core::amp::retain_freed_memory();
     let t0 = std::time::Instant::now();
+    // The run draws from a stream of its own (DA heads' initial weights, then reseeded at every step and validation
+    // batch): its numbers depend on its seed alone, never on what another thread draws, and the caller's stream is
+    // as it was when the run returns.
+    let _stream = crate::core::random::scope(mix(run.cfg.seed ^ mix(0xDA7A)))?;
     let mut t = Trainer::new(run)?;
     let mut stopped = "completed";
     while t.p.step < t.total_steps {

@@ -146,7 +146,7 @@ pub fn craft_sources(
     // on whether the sources are then crafted one after another or side by side.
     let noise: BTreeMap<usize, Tensor> = if attack_uses_noise(spec) {
         let shape = batch.get(Device::Cpu).0.size();
-        needed.iter().map(|&s| Ok((s, Tensor::f_randn(&shape, (Kind::Float, Device::Cpu))?))).collect::<Result<_>>()?
+        needed.iter().map(|&s| Ok((s, crate::core::random::randn(&shape)?))).collect::<Result<_>>()?
     } else {
         BTreeMap::new()
     };

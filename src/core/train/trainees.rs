@@ -23,7 +23,8 @@ pub struct Trainee<'a> {
 }
 
 impl<'a> Trainee<'a> {
-    /// A DA head (when `cfg.r_da > 0`, initialised from the global RNG) and the optimizer for `net`.
+    /// A DA head (when `cfg.r_da > 0`, initialised from this thread's random stream: the run's) and the optimizer for
+    /// `net`.
     pub fn new(net: &'a mut Net, cfg: &TrainConfig) -> Result<Trainee<'a>> {
         let mut params = net.trainable_variables();
         let (da_vs, da) = if cfg.r_da > 0.0 {

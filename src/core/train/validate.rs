@@ -65,7 +65,7 @@ pub fn validate(
         cancel::check()?;
         let b = b?;
         let bs = b.y.size()[0] as f64;
-        tch::manual_seed(mix(cfg.seed ^ mix(0xE7A1 + bi as u64)) as i64 & i64::MAX);
+        crate::core::random::seed(mix(cfg.seed ^ mix(0xE7A1 + bi as u64)) & i64::MAX as u64)?;
         let mut adv: BTreeMap<usize, Tensor> = BTreeMap::new();
         for &s in &needed {
             let (net, bf16) = net_at(s);

@@ -160,7 +160,7 @@ const OPTS_DOC: &str = "Options (each attack accepts those that apply to it; oth
 R+ attacks), steps, step (step size; default eps/steps, 2.5·eps/steps for pgd), momentum (mi_fgsm 1.0, apgd 0.75), \
 random_start, restarts, target (\"true\" | \"least_likely\"), labels (\"true\" | \"predicted\": the model's own \
 predictions, avoids label leaking), targeted (y are target classes), early_stop, train_mode (BN/dropout in training \
-mode), targets (apgd_dlr: number of target classes, capped at C−1), queries and p_init (square), seed (reseeds the session's generators before crafting; default: use them as they are).";
+mode), targets (apgd_dlr: number of target classes, capped at C−1), queries and p_init (square), seed (reseeds the session's random stream before crafting; default: draw from it as it is).";
 
 pub fn register(engine: &mut Engine) {
     let text = format!(

@@ -34,6 +34,8 @@ use std::time::Duration;
 /// the run's thread, locked per access) and what a fresh network of the same kind needs.
 struct Source {
     vars: Arc<Mutex<tch::nn::Variables>>,
+    /// BN counters (`num_batches_tracked`), by their state_dict name.
+    counters: Vec<(String, Arc<std::sync::atomic::AtomicI64>)>,
     spec: ModelSpec,
     device: tch::Device,
     frozen: Vec<String>,
@@ -122,6 +124,7 @@ pub fn spawn(l: Launch) -> Result<RunV> {
             let n = m.read()?;
             let src = Source {
                 vars: Arc::clone(&n.vs.variables_),
+                counters: n.bn_counters(),
                 spec: n.spec.clone(),
                 device: n.device(),
                 frozen: n.frozen_names(),
@@ -320,14 +323,17 @@ impl LiveRun {
     }
 }
 
-/// A new network with the current values of `s`'s variables.
+/// A new network with the current values of `s`'s variables and BN counters (built without drawing initial weights,
+/// so a snapshot leaves the prompt's random stream as it was).
 fn copy_of(s: &Source) -> Result<ModelV> {
-    let mut net = Net::new(&s.spec, s.device)?;
-    let named: Vec<(String, tch::Tensor)> = {
+    let mut named: Vec<(String, tch::Tensor)> = {
         let vars = s.vars.lock().unwrap_or_else(|e| e.into_inner());
         tch::no_grad(|| vars.named_variables.iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect())
     };
-    net.load_tensors(&named, true)?;
+    named.extend(
+        s.counters.iter().map(|(n, c)| (n.clone(), tch::Tensor::from(c.load(std::sync::atomic::Ordering::Relaxed)))),
+    );
+    let mut net = Net::from_state(&s.spec, s.device, &named)?;
     for f in &s.frozen {
         net.freeze(Some(f));
     }

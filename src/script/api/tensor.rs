@@ -159,7 +159,7 @@ fn unary(engine: &mut Engine, name: &'static str, text: &str, f: fn(&Tensor) -> 
 
 /// A tensor factory (zeros, ones, ...): fallible, so an impossible shape (too large to allocate, or overflowing) is
 /// libtorch's message rather than a panic text.
-type Factory = fn(&[i64]) -> Result<Tensor, tch::TchError>;
+type Factory = fn(&[i64]) -> anyhow::Result<Tensor>;
 
 fn make(engine: &mut Engine, name: &'static str, text: &str, f: Factory) {
     doc(name, &["shape: Array"], "Tensor", text).register_into_engine(
@@ -190,22 +190,22 @@ pub fn register(engine: &mut Engine) {
         guard("tensor", || Ok(TensorV(from_array(&Dynamic::from_array(v))?)))
     });
     make(engine, "zeros", "A float tensor of zeros with the given shape.", |s| {
-        Tensor::f_zeros(s, (Kind::Float, tch::Device::Cpu))
+        Ok(Tensor::f_zeros(s, (Kind::Float, tch::Device::Cpu))?)
     });
     make(engine, "ones", "A float tensor of ones with the given shape.", |s| {
-        Tensor::f_ones(s, (Kind::Float, tch::Device::Cpu))
+        Ok(Tensor::f_ones(s, (Kind::Float, tch::Device::Cpu))?)
     });
-    make(engine, "rand", "Uniform [0,1) floats with the given shape (seeded by seed()).", |s| {
-        Tensor::f_rand(s, (Kind::Float, tch::Device::Cpu))
+    make(engine, "rand", "Uniform [0,1) floats with the given shape (torch.rand; seeded by seed()).", |s| {
+        crate::core::random::rand(s)
     });
-    make(engine, "randn", "Standard normal floats with the given shape (seeded by seed()).", |s| {
-        Tensor::f_randn(s, (Kind::Float, tch::Device::Cpu))
+    make(engine, "randn", "Standard normal floats with the given shape (torch.randn; seeded by seed()).", |s| {
+        crate::core::random::randn(s)
     });
     doc(
         "randint",
         &["high: int", "shape: Array"],
         "Tensor",
-        "Integers uniform in [0, high) with the given shape (i64).",
+        "Integers uniform in [0, high) with the given shape (i64; torch.randint; seeded by seed()).",
     )
     .register_into_engine(engine, |high: i64, shape: Array| -> RResult<TensorV> {
         guard("randint", || {
@@ -214,7 +214,8 @@ pub fn register(engine: &mut Engine) {
             }
             let s = shape_of(&shape, "randint")?;
             mem::check("randint", &s, Kind::Int64, state::device())?;
-            Ok(TensorV(Tensor::f_randint(high, s.as_slice(), (Kind::Int64, state::device()))?))
+            mem::check("randint", &s, Kind::Int64, tch::Device::Cpu)?;
+            Ok(TensorV(crate::core::random::randint(high, &s, Kind::Int64)?.f_to_device(state::device())?))
         })
     });
     doc("arange", &["n: int"], "Tensor", "0, 1, ..., n-1 as i64.").register_into_engine(
