@@ -182,7 +182,7 @@ pub fn apply_session(args: &SessionArgs, run_name: &str) -> Result<(), String> {
         device::set_threads(t).map_err(|e| format!("--threads: {e}"))?;
     }
     let seed = args.seed.unwrap_or(0);
-    device::seed_everything(seed);
+    device::seed_everything(seed).map_err(|e| format!("--seed: {e:#}"))?;
     script::state::update(|s| s.seed = seed);
     if let Some(p) = &args.precision {
         let p = device::Precision::parse(p).map_err(|e| format!("--precision: {e}"))?;
@@ -191,34 +191,8 @@ pub fn apply_session(args: &SessionArgs, run_name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Everything `satm info` reports, as JSON (the script function `info()` returns the same).
-pub fn info_json() -> serde_json::Value {
-    let cpu = device::cpu_info();
-    let cuda = device::cuda_devices();
-    let dev = script::state::device();
-    let prec = script::state::with(|s| s.precision);
-    let (bf16, why) = device::Precision::Auto.resolve(dev);
-    serde_json::json!({
-        "satm": crate::VERSION,
-        "libtorch": amp::torch_version(),
-        "rhai": env!("SATM_RHAI_VERSION"),
-        "cpu": cpu,
-        "cuda_available": tch::Cuda::is_available(),
-        "cuda_devices": cuda,
-        "cudnn": amp::cudnn_version(),
-        "threads": device::threads(),
-        "default_device": device::device_name(dev),
-        "precision": prec.name(),
-        "auto_precision": if bf16 { "bf16" } else { "fp32" },
-        "auto_precision_reason": why,
-        "satm_home": script::satm_home().display().to_string(),
-        "data_root": crate::core::paths::data_root_with_source().0.display().to_string(),
-        "data_source": format!("{:?}", crate::core::paths::data_root_with_source().1).to_lowercase(),
-    })
-}
-
 fn print_info() {
-    let v = info_json();
+    let v = script::info_json();
     let cpu = device::cpu_info();
     println!("satm      {}", crate::VERSION);
     println!("libtorch  {}", v["libtorch"].as_str().unwrap_or("?"));
@@ -312,7 +286,7 @@ pub fn main() -> i32 {
                 return 2;
             }
             if *json {
-                println!("{}", serde_json::to_string_pretty(&info_json()).unwrap_or_default());
+                println!("{}", serde_json::to_string_pretty(&script::info_json()).unwrap_or_default());
             } else {
                 print_info();
             }

@@ -6,6 +6,7 @@ pub mod docs;
 pub mod state;
 pub mod types;
 
+use crate::core::{amp, device, paths};
 use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection};
 use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope};
 use std::path::{Path, PathBuf};
@@ -215,4 +216,30 @@ pub fn run_file(engine: &Engine, path: &Path, scope: &mut Scope) -> Result<Dynam
     let source =
         std::fs::read_to_string(path).map_err(|e| format!("{}: error: cannot read script: {e}", path.display()))?;
     run_source(engine, &source, &path.display().to_string(), scope)
+}
+
+/// Everything `satm info` reports, as JSON (the script function `info()` returns the same).
+pub fn info_json() -> serde_json::Value {
+    let cpu = device::cpu_info();
+    let cuda = device::cuda_devices();
+    let dev = state::device();
+    let prec = state::with(|s| s.precision);
+    let (bf16, why) = device::Precision::Auto.resolve(dev);
+    serde_json::json!({
+        "satm": crate::VERSION,
+        "libtorch": amp::torch_version(),
+        "rhai": env!("SATM_RHAI_VERSION"),
+        "cpu": cpu,
+        "cuda_available": tch::Cuda::is_available(),
+        "cuda_devices": cuda,
+        "cudnn": amp::cudnn_version(),
+        "threads": device::threads(),
+        "default_device": device::device_name(dev),
+        "precision": prec.name(),
+        "auto_precision": if bf16 { "bf16" } else { "fp32" },
+        "auto_precision_reason": why,
+        "satm_home": satm_home().display().to_string(),
+        "data_root": paths::data_root_with_source().0.display().to_string(),
+        "data_source": format!("{:?}", paths::data_root_with_source().1).to_lowercase(),
+    })
 }

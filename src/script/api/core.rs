@@ -29,12 +29,12 @@ pub fn record_json(name: &str, value: serde_json::Value) -> anyhow::Result<()> {
 }
 
 pub fn register(engine: &mut Engine) {
-    doc("seed", &["seed: int"], "()", "Seeds libtorch (CPU and CUDA); data shuffles and folds take their seed from their options (default: this seed).")
+    doc("seed", &["seed: int"], "()", "Seeds this session's random stream (initial weights, random starts of attacks, rand/randn/randint, dropout; background runs and seeded evaluations draw from streams of their own) and libtorch's CPU and CUDA generators; data shuffles and folds take their seed from their options (default: this seed).")
         .register_into_engine(engine, |seed: i64| -> RResult<()> {
             if seed < 0 {
                 return Err(script_err(format!("seed: must be >= 0, got {seed}")));
             }
-            device::seed_everything(seed as u64);
+            device::seed_everything(seed as u64).map_err(|e| script_err(format!("seed: {e:#}")))?;
             state::update(|s| s.seed = seed as u64);
             Ok(())
         });
@@ -135,7 +135,7 @@ pub fn register(engine: &mut Engine) {
         "Versions, CPU features, CUDA devices, threads, default device and precision (what `satm info` prints).",
     )
     .register_into_engine(engine, || -> RResult<Map> {
-        guard("info", || Ok(json_to_dynamic(&crate::cli::info_json()).cast::<Map>()))
+        guard("info", || Ok(json_to_dynamic(&crate::script::info_json()).cast::<Map>()))
     });
     doc("cancelled", &[], "bool", "Whether Ctrl-C was pressed (long script loops can poll it and stop cleanly).")
         .register_into_engine(engine, crate::core::cancel::is_cancelled);
