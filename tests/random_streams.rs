@@ -12,7 +12,7 @@
 //! of the same shapes as the run's, the run's losses differed from the run alone in the 5th digit on this AMX machine
 //! (oneDNN's bf16 kernels shared between the threads; no random draw involved: the same happens with an attack
 //! without a random start). README's "Live runs" says so.
-use rhai::{Dynamic, Scope};
+use rhai::Dynamic;
 use satm::core::random;
 use tch::{Kind, Tensor};
 
@@ -61,14 +61,7 @@ const SETUP: &str = r#"
 fn eval(code: &str) -> rhai::Array {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    satm::script::state::reset();
-    satm::script::state::update(|s| {
-        s.out_dir = Some(dir.path().join("run"));
-        s.quiet = true;
-    });
-    let engine = satm::script::new_engine();
-    let mut scope = Scope::new();
-    scope.push_constant("tmp", dir.path().display().to_string());
+    let (engine, mut scope) = common::script_session(dir.path());
     let code = format!("{SETUP}\n{code}");
     engine
         .eval_with_scope::<rhai::Array>(&mut scope, &code)

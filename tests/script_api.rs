@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+mod common;
+
 /// Tests share libtorch's global generator and thread pool: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -94,15 +96,8 @@ fn panics_so_far() -> usize {
 fn setup() -> Fx {
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    satm::script::state::reset();
-    satm::script::state::update(|s| {
-        s.out_dir = Some(dir.path().join("run"));
-        s.quiet = true;
-    });
-    let engine = satm::script::new_engine();
+    let (engine, mut scope) = common::script_session(dir.path());
     count_panics();
-    let mut scope = Scope::new();
-    scope.push_constant("tmp", dir.path().display().to_string());
     if let Err(e) = engine.run_with_scope(&mut scope, FIXTURES) {
         panic!("fixtures failed: {}", satm::script::format_error(&e, FIXTURES, "<fixtures>"));
     }

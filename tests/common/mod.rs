@@ -37,3 +37,18 @@ pub fn venv_python_or_skip(needed: &str) -> Option<std::path::PathBuf> {
     skip_unless_ci(needed, &format!("the project venv's python ({}) is missing", p.display()));
     None
 }
+
+/// A fresh in-process script session: session state reset, outputs under `dir/run`, no progress bars, a new engine,
+/// and a scope holding the constant `tmp` (= `dir`).
+#[allow(dead_code)]
+pub fn script_session(dir: &std::path::Path) -> (rhai::Engine, rhai::Scope<'static>) {
+    satm::script::state::reset();
+    satm::script::state::update(|s| {
+        s.out_dir = Some(dir.join("run"));
+        s.quiet = true;
+    });
+    let engine = satm::script::new_engine();
+    let mut scope = rhai::Scope::new();
+    scope.push_constant("tmp", dir.display().to_string());
+    (engine, scope)
+}
