@@ -8,10 +8,10 @@
 //! into the other's (as they did while every draw came from libtorch's one process-wide generator: 22 of 46 prompt
 //! rounds differed, and the run's losses from step 1 on).
 //!
-//! Both sides compute in fp32. With bf16 autocast on both at once, and the prompt training or attacking a network
-//! of the same shapes as the run's, the run's losses differed from the run alone in the 5th digit on this AMX machine
-//! (oneDNN's bf16 kernels shared between the threads; no random draw involved: the same happens with an attack
-//! without a random start). README's "Live runs" says so.
+//! Both sides run at the session's default precision (bf16 autocast where the CPU has native bf16, fp32 elsewhere).
+//! In bf16 this also checks that autocast runs without libtorch's process-wide weight-cast cache: with it, the prompt
+//! leaving autocast emptied the run's cache mid-forward, and the run's losses differed from the run alone in the 5th
+//! digit even with no random draw at the prompt.
 use rhai::Dynamic;
 use satm::core::random;
 use tch::{Kind, Tensor};
@@ -23,7 +23,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Two networks with the same initial weights as two others (same seed), a dataset, a test batch.
 const SETUP: &str = r#"
     threads(1);
-    precision("fp32");
     let d = synthetic(#{n: 64, classes: 4, size: 16, seed: 3});
     seed(5);
     let a1 = model("vgg_s", #{classes: 4, width: 0.125});

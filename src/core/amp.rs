@@ -1,6 +1,9 @@
 //! bf16 autocast on CPU and CUDA through csrc/shim.cpp (tch exposes neither CPU autocast nor the dtype).
 //! Only the forward/backward of networks runs under it: attack perturbations, losses' reductions done by us,
 //! and optimizer state stay fp32 (the trainer casts logits to fp32 before the loss).
+//! Autocast runs without its weight-cast cache (`torch.autocast(..., cache_enabled=False)`): libtorch's cache is one
+//! for the whole process and every thread's exit from autocast empties it, so with it a run's last bits depended on
+//! what other threads did (see csrc/shim.cpp); without it they do not, and the step is faster here.
 use anyhow::{Result, bail};
 use tch::Device;
 
