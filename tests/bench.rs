@@ -179,7 +179,7 @@ fn pytorch(py: &Path, inp: &Path, root: &Path, name: &str, job: &serde_json::Val
     let helper = repo_file("tests/py/ref_step.py");
     let o = std::process::Command::new(py)
         .arg(&helper)
-        .arg(satm::bench::ref_script())
+        .arg(satm::cli::bench::ref_script())
         .arg(inp)
         .arg(&out)
         .arg(&job_path)
@@ -209,9 +209,9 @@ fn worst_update(
 
 #[test]
 fn satm_step_matches_pytorch_reference() {
-    let py = satm::bench::venv_python();
+    let py = satm::cli::bench::venv_python();
     assert!(py.exists(), "the project venv's python ({}) is needed; set SATM_VENV", py.display());
-    let script = satm::bench::ref_script();
+    let script = satm::cli::bench::ref_script();
     assert!(script.is_file(), "ref_satm.py not found at {} (set SATM_REF_BENCH or SATM_DATA)", script.display());
     let dir = tempfile::tempdir().unwrap();
     let inp = dir.path().join("in");

@@ -198,9 +198,9 @@ fn r_adv_zero_and_r_da_zero_is_pytorchs_standard_training() {
     const STEPS: usize = 3;
     const TOL: f64 = 1e-4;
     let _serial = serial();
-    let py = satm::bench::venv_python();
+    let py = satm::cli::bench::venv_python();
     assert!(py.exists(), "the project venv's python ({}) is needed for the PyTorch reference", py.display());
-    let script = satm::bench::ref_script();
+    let script = satm::cli::bench::ref_script();
     assert!(script.is_file(), "ref_satm.py not found at {} (set SATM_REF_BENCH or SATM_DATA)", script.display());
     // One batch of all 32 items per step, in the order satm's trainer shuffles it into (each step is an epoch,
     // shuffled from mix(seed ^ mix(epoch))): in another order the means are the same, but their rounding differs,

@@ -11,112 +11,74 @@ pub mod local;
 pub mod point;
 pub mod slurm;
 
-use crate::cli::SessionArgs;
 use crate::core::{cancel, fsutil};
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
 use expand::Param;
 use point::PointState;
 use serde::{Deserialize, Serialize};
 use slurm::SlurmProfile;
 use std::path::{Path, PathBuf};
 
-/// `satm grid ...`: run a script over a grid of parameters, or manage an existing grid.
-#[derive(Args, Debug)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct GridArgs {
-    #[command(subcommand)]
-    pub action: Option<GridCmd>,
-    #[command(flatten)]
-    pub launch: LaunchArgs,
+/// What `satm grid` is asked to do (the command line's clap types are in `cli::grid`).
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Run (or submit) a grid: a script and its axes, or an existing grid directory to resume.
+    Launch(Launch),
+    /// done / running / queued / failed / missing per point.
+    Status(PathBuf),
+    /// Merge every point's results.json into tables (saved to GRIDDIR/collected/ or `Session::out`).
+    Collect { dir: PathBuf, fold_key: String, strict: bool },
+    /// Run (or submit) the missing points of an existing grid again.
+    Submit(Launch),
+    /// Run point `index` of the grid (what each Slurm array task does).
+    RunPoint { dir: PathBuf, index: usize },
 }
 
-/// Options of `satm grid SCRIPT ...` and `satm grid submit GRIDDIR ...`.
-#[derive(Args, Debug, Clone, Default)]
-pub struct LaunchArgs {
-    /// The script (.rhai) to run at every point, or an existing grid directory to resume.
-    #[arg(value_name = "SCRIPT|GRIDDIR")]
+/// How to launch a grid: `satm grid SCRIPT ...` and `satm grid submit GRIDDIR ...` (see `cli::grid::LaunchArgs` for
+/// each option's meaning).
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The script to run at every point, or an existing grid directory.
     pub target: Option<PathBuf>,
-    /// An axis: KEY=A..B (inclusive integer range: fold=0..4 is 0,1,2,3,4; A..B:STEP for a step) or KEY=V1,V2,...
-    /// Values are typed like --set. Repeat for more axes; the grid is their cartesian product.
-    #[arg(long = "over", value_name = "KEY=VALUES")]
+    /// Axes, `KEY=A..B[:STEP]` or `KEY=V1,V2,...`.
     pub over: Vec<String>,
-    /// local (child processes here) or slurm (one job-array task per point). Default: local, or what the grid used.
-    #[arg(long, value_name = "local|slurm")]
+    /// `local` or `slurm`.
     pub executor: Option<String>,
-    /// The grid directory (default: runs/<script>/grid-<hash of the grid>, so the same command resumes the same grid).
-    #[arg(long, value_name = "GRIDDIR")]
     pub dir: Option<PathBuf>,
-    /// Points at once: local processes, or the Slurm array's %N limit (default: 1 locally, no limit on Slurm).
-    #[arg(long, short = 'j', value_name = "N")]
+    /// Points at once.
     pub jobs: Option<usize>,
-    /// Print the points (local) or the sbatch script (slurm) and do nothing.
-    #[arg(long)]
     pub dry_run: bool,
-    /// Run failed points again too (by default only missing points run; done points never do).
-    #[arg(long)]
     pub retry_failed: bool,
-    /// slurm: wait until the submitted tasks have left the queue, then print the status.
-    #[arg(long)]
+    /// Slurm: wait until the tasks have left the queue.
     pub wait: bool,
     /// Seconds a stopped point gets after SIGINT before SIGTERM (and again before SIGKILL).
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub grace: u64,
-    #[command(flatten)]
-    pub slurm: SlurmArgs,
+    pub slurm: SlurmFlags,
 }
 
-/// Slurm resources: a RON profile and flags that override it.
-#[derive(Args, Debug, Clone, Default)]
-pub struct SlurmArgs {
-    /// A Slurm profile: a RON file, or a name under configs/ (slurm_NAME.ron or NAME.ron).
-    #[arg(long, value_name = "NAME|PATH")]
+/// Slurm resources given on the command line; they override the profile.
+#[derive(Debug, Clone, Default)]
+pub struct SlurmFlags {
+    /// A RON file, or a name under configs/.
     pub profile: Option<String>,
-    /// CPUs per point (also sets OMP_NUM_THREADS in the task, so libtorch uses its share).
-    #[arg(long, value_name = "N")]
     pub cpus_per_task: Option<u32>,
-    /// Generic resources, e.g. gpu:1.
-    #[arg(long, value_name = "gpu:N")]
     pub gres: Option<String>,
-    /// Time limit per point (HH:MM:SS).
-    #[arg(long, value_name = "HH:MM:SS")]
     pub time: Option<String>,
-    /// Slurm partition (queue) to submit to.
-    #[arg(long)]
     pub partition: Option<String>,
-    /// Slurm account to charge.
-    #[arg(long)]
     pub account: Option<String>,
 }
 
-/// The grid subcommands.
-#[derive(Subcommand, Debug)]
-pub enum GridCmd {
-    /// done / running / queued / failed / missing per point (markers, and squeue when a Slurm job is recorded).
-    Status {
-        #[arg(value_name = "GRIDDIR")]
-        dir: PathBuf,
-    },
-    /// Merge every point's results.json into tables with mean ± std over folds (saved to GRIDDIR/collected/ or --out).
-    Collect {
-        #[arg(value_name = "GRIDDIR")]
-        dir: PathBuf,
-        /// The key averaged over (every other key makes its own rows).
-        #[arg(long, default_value = "fold", value_name = "KEY")]
-        fold_key: String,
-        /// Exit with 3 when a point is not done or a table could not be merged over all its folds.
-        #[arg(long)]
-        strict: bool,
-    },
-    /// Run (or submit) the missing points of an existing grid again; with --retry-failed also the failed ones.
-    Submit(Box<LaunchArgs>),
-    /// Run point INDEX of the grid (what each Slurm array task does); skips it when it is done.
-    RunPoint {
-        #[arg(value_name = "GRIDDIR")]
-        dir: PathBuf,
-        #[arg(value_name = "INDEX")]
-        index: usize,
-    },
+/// The session options of the command line that a grid passes on to every point (`--set` values become the
+/// points' fixed parameters; `out` is where `collect` writes).
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub set: Vec<String>,
+    pub out: Option<PathBuf>,
+    pub device: Option<String>,
+    pub threads: Option<usize>,
+    pub seed: Option<u64>,
+    pub precision: Option<String>,
+    pub quiet: bool,
 }
 
 /// One point of the grid as grid.json records it.
@@ -251,7 +213,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// Builds the grid (not yet written) from the command line.
-pub fn build_grid(script: &Path, args: &LaunchArgs, session: &SessionArgs) -> Result<GridFile> {
+pub fn build_grid(script: &Path, args: &Launch, session: &Session) -> Result<GridFile> {
     let script = absolute(script)?;
     let bytes = std::fs::read(&script).with_context(|| format!("reading script {}", script.display()))?;
     let axes = args.over.iter().map(|s| expand::parse_axis(s)).collect::<Result<Vec<_>>>()?;
@@ -385,7 +347,7 @@ fn resolve_profile(name: &str) -> Result<PathBuf> {
 }
 
 /// The Slurm profile: --profile (else what the grid used, else defaults), then the flags on top.
-fn slurm_profile(args: &LaunchArgs, recorded: Option<&SlurmProfile>) -> Result<SlurmProfile> {
+fn slurm_profile(args: &Launch, recorded: Option<&SlurmProfile>) -> Result<SlurmProfile> {
     let s = &args.slurm;
     let mut p = match &s.profile {
         Some(n) => {
@@ -412,7 +374,7 @@ fn slurm_profile(args: &LaunchArgs, recorded: Option<&SlurmProfile>) -> Result<S
 }
 
 /// `satm grid SCRIPT ...` and `satm grid submit GRIDDIR ...`.
-fn launch(args: &LaunchArgs, session: &SessionArgs) -> Result<i32> {
+fn launch(args: &Launch, session: &Session) -> Result<i32> {
     let target = args.target.as_ref().context("give a script (satm grid SCRIPT --over k=a,b) or a grid directory")?;
     if session.out.is_some() {
         bail!("--out is per point; give the grid directory with --dir");
@@ -681,11 +643,11 @@ fn collect_cmd(dir: &Path, fold_key: &str, strict: bool, out: Option<&Path>) -> 
 
 /// `satm grid ...`; returns the exit code (0 ok, 1 error or failed points, 2 usage, 3 incomplete with --strict,
 /// 130 interrupted).
-pub fn main(args: &GridArgs, session: &SessionArgs) -> i32 {
-    let res = match &args.action {
-        Some(GridCmd::Status { dir }) => status(dir),
-        Some(GridCmd::Collect { dir, fold_key, strict }) => collect_cmd(dir, fold_key, *strict, session.out.as_deref()),
-        Some(GridCmd::Submit(l)) => {
+pub fn main(action: &Action, session: &Session) -> i32 {
+    let res = match action {
+        Action::Status(dir) => status(dir),
+        Action::Collect { dir, fold_key, strict } => collect_cmd(dir, fold_key, *strict, session.out.as_deref()),
+        Action::Submit(l) => {
             if l.target.as_ref().is_some_and(|t| !t.is_dir()) {
                 Err(anyhow::anyhow!(
                     "satm grid submit takes a grid directory, got {}",
@@ -695,8 +657,8 @@ pub fn main(args: &GridArgs, session: &SessionArgs) -> i32 {
                 launch(l, session)
             }
         }
-        Some(GridCmd::RunPoint { dir, index }) => run_point(dir, *index),
-        None => launch(&args.launch, session),
+        Action::RunPoint { dir, index } => run_point(dir, *index),
+        Action::Launch(l) => launch(l, session),
     };
     match res {
         Ok(code) => code,

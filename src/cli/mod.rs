@@ -1,5 +1,8 @@
 //! The command line: `satm run FILE`, `satm -e CODE`, `satm repl` (the default), `satm info`, `satm bench`, `satm grid`,
 //! `satm data`.
+pub mod bench;
+pub mod grid;
+
 use crate::core::{amp, cancel, device};
 use crate::script;
 use clap::{Args, Parser, Subcommand};
@@ -59,9 +62,9 @@ pub enum Cmd {
         json: bool,
     },
     /// The SATM step against the plain-PyTorch reference, side by side (img/s, ratio, peak RSS, GFLOP/s).
-    Bench(crate::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Run a script over a grid of parameters (locally or as a Slurm job array); status; collect into tables.
-    Grid(Box<crate::grid::GridArgs>),
+    Grid(Box<grid::GridArgs>),
     /// Follow a run directory another process writes: a status line as it advances, until it ends or Ctrl-C.
     Watch {
         /// The run directory (runs/<script>/<time>/<name>, holding run.json and metrics.jsonl).
@@ -292,8 +295,8 @@ pub fn main() -> i32 {
             }
             0
         }
-        (None, Some(Cmd::Bench(a))) => crate::bench::main(a),
-        (None, Some(Cmd::Grid(args))) => crate::grid::main(args, &cli.session),
+        (None, Some(Cmd::Bench(a))) => bench::main(a),
+        (None, Some(Cmd::Grid(args))) => grid::main(args, &cli.session),
         (None, Some(Cmd::Watch { dir, once, every })) => crate::core::train::watch::main(dir, *once, *every),
         (None, Some(Cmd::Data(cmd))) => data_main(cmd, cli.session.quiet),
         (None, Some(Cmd::Repl)) | (None, None) => {
