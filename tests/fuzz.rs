@@ -2,7 +2,9 @@
 //! `Engine::gen_fn_metadata_to_json`): a fixed seed, at least 10,000 calls with random argument types and values —
 //! ints (huge, negative), floats (NaN, ±inf), strings, empty and odd arrays and maps (including maps of the options a
 //! function names in its own "valid options" error), and values of satm's own types (small tensors, a tiny synthetic
-//! dataset, tiny models, a table, batches, a one-step training result). Operators, indexers and property getters are
+//! dataset, tiny models, a table, batches, a one-step training result, a finished background run, a watcher of a run
+//! directory, a confusion matrix, a masking report and a robust_eval result; the test fails if a type named in a
+//! signature has no fixture). Operators, indexers and property getters are
 //! called through their syntax.
 //!
 //! The calls run in a subprocess (this test binary again, running the ignored `fuzz_child`), so an abort or a kill
@@ -55,6 +57,13 @@ const FIXTURES: &str = r#"
     let F_run = train(model("vgg_s", #{classes: 4, width: 0.125, size: 8}), F_ds,
                       #{steps: 1, batch: 4, progress: false, name: "fixture"});
     let F_history = F_run.history;
+    let F_bg = train(model("vgg_s", #{classes: 4, width: 0.125, size: 8}), F_ds,
+                     #{steps: 1, batch: 4, background: true, threads: 1, name: "fixture_bg"});
+    F_bg.wait();
+    let F_watch = watch(F_run.dir);
+    let F_confusion = confusion([0, 1, 2, 3, 1], [0, 1, 3, 3, 2]);
+    let F_masking = masking_report(F_model, F_ds, #{limit: 2, steps: 1, queries: 1, eps_factors: [1.0]});
+    let F_robust = robust_eval(F_model, F_ds, #{limit: 2, steps: 1, queries: 1});
 "#;
 
 const FIXTURE_NAMES: &[&str] = &[
@@ -73,6 +82,11 @@ const FIXTURE_NAMES: &[&str] = &[
     "F_eval",
     "F_run",
     "F_history",
+    "F_bg",
+    "F_watch",
+    "F_confusion",
+    "F_masking",
+    "F_robust",
 ];
 
 struct Rng(u64);
@@ -146,13 +160,46 @@ fn base_type(t: &str) -> String {
     t.to_string()
 }
 
+/// Parameter types the generator makes values of itself (`Gen::value`); every other type is one of satm's and needs
+/// a fixture.
+const BUILTIN_TYPES: &[&str] = &[
+    "i64",
+    "int",
+    "INT",
+    "usize",
+    "i32",
+    "u64",
+    "f64",
+    "float",
+    "FLOAT",
+    "f32",
+    "bool",
+    "str",
+    "String",
+    "ImmutableString",
+    "char",
+    "Array",
+    "Vec<Dynamic>",
+    "Map",
+    "()",
+    "?",
+    "Dynamic",
+];
+
 struct Gen {
     rng: Rng,
     /// Option keys each function lists in its "valid options" error.
     keys: BTreeMap<String, Vec<String>>,
+    /// The name the engine registered for each fixture's Rust type (`Arc<RobustResult>` → `Robust`).
+    registered: BTreeMap<String, String>,
 }
 
 impl Gen {
+    /// Whether `v` is of the script type `t`.
+    fn is_type(&self, v: &Dynamic, t: &str) -> bool {
+        let rust = v.type_name();
+        rust.ends_with(t) || friendly(rust) == t || self.registered.get(rust).is_some_and(|r| r == t)
+    }
     fn int(&mut self) -> Dynamic {
         if self.rng.chance(0.3) {
             Dynamic::from_int(self.rng.below(20) as i64 - 4)
@@ -255,7 +302,7 @@ impl Gen {
                 let matching: Vec<Dynamic> = FIXTURE_NAMES
                     .iter()
                     .filter_map(|n| scope.get_value::<Dynamic>(n))
-                    .filter(|v| v.type_name().ends_with(t) || friendly(v.type_name()) == t)
+                    .filter(|v| self.is_type(v, t))
                     .collect();
                 if matching.is_empty() { self.any(scope, 0) } else { self.rng.pick(&matching).clone() }
             }
@@ -382,7 +429,12 @@ fn fuzz_child() {
     let skip: BTreeSet<&str> = SKIPPED.iter().map(|(n, _)| *n).collect();
     let callable: Vec<&Sig> = sigs.iter().filter(|s| !skip.contains(s.name.as_str())).collect();
     let mut log = std::fs::File::create(dir.join("calls.log")).unwrap();
-    let mut g = Gen { rng: Rng(SEED), keys: BTreeMap::new() };
+    let registered: BTreeMap<String, String> = FIXTURE_NAMES
+        .iter()
+        .filter_map(|n| base.get_value::<Dynamic>(n))
+        .map(|v| (v.type_name().to_string(), engine.map_type_name(v.type_name()).to_string()))
+        .collect();
+    let mut g = Gen { rng: Rng(SEED), keys: BTreeMap::new(), registered };
     let (mut ok, mut err, mut cancelled) = (0usize, 0usize, 0usize);
     let mut per_fn: BTreeMap<String, usize> = BTreeMap::new();
     let mut time_fn: BTreeMap<String, f64> = BTreeMap::new();
@@ -442,6 +494,15 @@ fn fuzz_child() {
     slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
     slowest.truncate(8);
     let types: BTreeSet<String> = sigs.iter().flat_map(|s| s.params.iter().map(|t| base_type(t))).collect();
+    // satm's own parameter types that no fixture has: the fuzzer could only pass them values of other types.
+    let no_fixture: Vec<String> = types
+        .iter()
+        .flat_map(|t| t.split('|').map(base_type).collect::<Vec<_>>())
+        .filter(|t| !BUILTIN_TYPES.contains(&t.as_str()))
+        .filter(|t| !FIXTURE_NAMES.iter().filter_map(|n| base.get_value::<Dynamic>(n)).any(|v| g.is_type(&v, t)))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let summary = serde_json::json!({
         "calls": calls,
         "signatures": sigs.len(),
@@ -455,6 +516,7 @@ fn fuzz_child() {
         "panics": panics,
         "slowest": slowest.iter().map(|(n, t)| format!("{n} {t:.1} s")).collect::<Vec<_>>(),
         "param_types": types,
+        "no_fixture": no_fixture,
         "seconds": t0.elapsed().as_secs_f64(),
     });
     std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
@@ -518,6 +580,7 @@ fn random_calls_of_every_registered_function_neither_panic_nor_abort() {
     }
     assert!(panics.is_empty(), "{} panics:\n{}", panics.len(), panics.join("\n"));
     assert_eq!(calls as usize, CALLS);
+    assert_eq!(s["no_fixture"], serde_json::json!([]), "satm types no fixture provides");
     assert_eq!(
         s["called_signatures"].as_u64().unwrap() as usize + sigs_skipped(),
         s["signatures"].as_u64().unwrap() as usize
