@@ -58,6 +58,9 @@ fi
 say "$(head -n 1 "$dev/PATCHED")"
 tree="$dev/tree"
 mkdir -p "$tree"
+# A mirror, not an overlay: a file moved or deleted in the checkout must not linger in the copy (tar keeps the mtimes,
+# so cargo rebuilds only what changed).
+rm -rf "$tree/build.rs" "$tree/csrc" "$tree/src" "$tree/tests" "$tree/assets"
 tar -c build.rs csrc src tests assets/fonts | tar -x -C "$tree"
 # The copy's Cargo.lock also locks the patched torch-sys: taken from the checkout once, then cargo keeps it current.
 [ -f "$tree/Cargo.lock" ] || cp -p Cargo.lock "$tree/Cargo.lock"
