@@ -35,8 +35,8 @@ pub enum Action {
 }
 
 /// How to launch a grid: `satm grid SCRIPT ...` and `satm grid submit GRIDDIR ...` (see `cli::grid::LaunchArgs` for
-/// each option's meaning).
-#[derive(Debug, Clone, Default)]
+/// each option's meaning). No `Default`: a grace of 0 s would kill stopped points at once.
+#[derive(Debug, Clone)]
 pub struct Launch {
     /// The script to run at every point, or an existing grid directory.
     pub target: Option<PathBuf>,
