@@ -12,7 +12,7 @@
 //! Draws are made on the CPU and then moved, so a seed gives the same numbers on every device. A stream seeded with
 //! n draws what PyTorch draws after `torch.manual_seed(n)` (the same generator, the same kernels): `randn` is
 //! `torch.randn`, `dropout` is `torch.nn.functional.dropout` on the CPU.
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_void};
 use std::marker::PhantomData;
@@ -71,7 +71,8 @@ fn with_stream<T>(f: impl FnOnce(*mut c_void) -> Result<T>) -> Result<T> {
         if s.is_none() {
             *s = Some(Generator::new(DEFAULT_SEED)?);
         }
-        f(s.as_ref().map(|g| g.0).unwrap_or(std::ptr::null_mut()))
+        let g = s.as_ref().map(|g| g.0).context("this thread has no random stream")?;
+        f(g)
     })
 }
 
