@@ -68,6 +68,15 @@ int satm_autocast_enabled(int cuda) {
   }
 }
 
+// Whether autocast's weight-cast cache is on for this thread (1/0), or -1 on error.
+int satm_autocast_cache_enabled() {
+  try {
+    return at::autocast::is_autocast_cache_enabled() ? 1 : 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 // TF32 in cuDNN convolutions and CUDA matrix products on (1) or off (0), as torch.backends.cudnn.allow_tf32 and
 // torch.backends.cuda.matmul.allow_tf32 set them; returns the previous cuDNN setting, or -1 on error.
 int satm_set_allow_tf32(int on) {

@@ -9,6 +9,8 @@ use satm::core::train::step::{LossWeights, Pass, StepOut, update_trainee};
 use satm::core::train::trainees::Trainee;
 use tch::{Device, Kind, Tensor};
 
+mod common;
+
 /// libtorch's generator is process-wide and every test here seeds it: run them one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -235,4 +237,56 @@ fn with_batchnorm_the_joint_pass_keeps_the_parts_apart() {
         ce_by_hand(&logits(t, &i.x), &i.y) + ce_by_hand(&logits(t, &i.adv[0]), &i.y) * ALL.r_adv
     });
     assert!(rel(&cat, &sep) > 1e-3, "concatenating changed nothing: the BN premise of this test is wrong");
+}
+
+const PY_AUTOCAST: &str = r#"
+import sys, torch
+from safetensors.torch import load_file
+t = load_file(sys.argv[1])
+def grad(cache):
+    w = t["w"].clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache):
+        y = t["x1"] @ w + t["x2"] @ w
+    y.float().sum().backward()
+    return w.grad
+off, on = grad(False), grad(True)
+print("equal_off", torch.equal(t["ours"], off))
+print("equal_on", torch.equal(t["ours"], on))
+print("off_vs_on_differ", not torch.equal(off, on))
+"#;
+
+/// satm's bf16 autocast runs without libtorch's weight-cast cache (it is process-wide, and another thread leaving
+/// autocast empties it): a weight used twice in one autocast region gets the gradient of
+/// `torch.autocast(..., cache_enabled=False)`, bit for bit, not that of the cached cast (one cast, its two gradients
+/// summed in bf16). Checked against the venv's PyTorch, with data on which the two differ.
+#[test]
+fn autocast_matches_pytorch_without_the_weight_cast_cache() {
+    let Some(py) = common::venv_python_or_skip("the project venv's python (autocast against PyTorch)") else { return };
+    let _s = serial();
+    satm::core::device::seed_everything(21).unwrap();
+    let w = satm::core::random::randn(&[64, 48]).unwrap();
+    let (x1, x2) = (satm::core::random::randn(&[8, 64]).unwrap(), satm::core::random::randn(&[8, 64]).unwrap());
+    let wl = w.copy().set_requires_grad(true);
+    let y = {
+        let _ac = satm::core::amp::Autocast::new(Device::Cpu, true).unwrap();
+        assert!(satm::core::amp::is_enabled(Device::Cpu));
+        assert!(!satm::core::amp::cast_cache_enabled(), "satm's autocast must run with the cast cache off");
+        x1.matmul(&wl) + x2.matmul(&wl)
+    };
+    assert!(!satm::core::amp::is_enabled(Device::Cpu));
+    y.to_kind(Kind::Float).sum(Kind::Float).backward();
+    let ours = wl.grad();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("autocast.safetensors");
+    let named: Vec<(String, Tensor)> =
+        [("w", w), ("x1", x1), ("x2", x2), ("ours", ours)].into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+    satm::core::tensorio::save_tensors(&file, &named).unwrap();
+    let script = dir.path().join("autocast.py");
+    std::fs::write(&script, PY_AUTOCAST).unwrap();
+    let o = std::process::Command::new(&py).arg(&script).arg(&file).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("off_vs_on_differ True"), "the data must tell the two apart: {out}");
+    assert!(out.contains("equal_off True"), "satm's gradient differs from PyTorch's without the cache: {out}");
+    assert!(out.contains("equal_on False"), "{out}");
 }

@@ -10,6 +10,7 @@ use tch::Device;
 unsafe extern "C" {
     fn satm_set_autocast(cuda: i32, on: i32) -> i32;
     fn satm_autocast_enabled(cuda: i32) -> i32;
+    fn satm_autocast_cache_enabled() -> i32;
 }
 
 fn cuda_flag(device: Device) -> i32 {
@@ -47,6 +48,11 @@ pub fn with_autocast<T>(device: Device, on: bool, f: impl FnOnce() -> T) -> Resu
 
 pub fn is_enabled(device: Device) -> bool {
     unsafe { satm_autocast_enabled(cuda_flag(device)) == 1 }
+}
+
+/// Whether libtorch's autocast weight-cast cache is on for this thread (satm turns it off when it enters autocast).
+pub fn cast_cache_enabled() -> bool {
+    unsafe { satm_autocast_cache_enabled() == 1 }
 }
 
 /// channels_last for a 4-D tensor (NHWC strides, NCHW shape), as tch has no memory_format call.
