@@ -228,14 +228,7 @@ fn streams_draw_what_pytorch_draws_after_the_same_seed() {
     })
     .join()
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("draws.safetensors");
-    satm::core::tensorio::save_tensors(&file, &draws).unwrap();
-    let script = dir.path().join("draws.py");
-    std::fs::write(&script, PY_DRAWS).unwrap();
-    let o = std::process::Command::new(&py).arg(&script).arg(&file).output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let out = common::python_on_tensors(&py, PY_DRAWS, &draws);
     assert!(out.contains("pytorch checked 6"), "{out}");
 }
 

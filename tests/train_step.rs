@@ -276,16 +276,9 @@ fn autocast_matches_pytorch_without_the_weight_cast_cache() {
     assert!(!satm::core::amp::is_enabled(Device::Cpu));
     y.to_kind(Kind::Float).sum(Kind::Float).backward();
     let ours = wl.grad();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("autocast.safetensors");
     let named: Vec<(String, Tensor)> =
         [("w", w), ("x1", x1), ("x2", x2), ("ours", ours)].into_iter().map(|(n, t)| (n.to_string(), t)).collect();
-    satm::core::tensorio::save_tensors(&file, &named).unwrap();
-    let script = dir.path().join("autocast.py");
-    std::fs::write(&script, PY_AUTOCAST).unwrap();
-    let o = std::process::Command::new(&py).arg(&script).arg(&file).output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let out = common::python_on_tensors(&py, PY_AUTOCAST, &named);
     assert!(out.contains("off_vs_on_differ True"), "the data must tell the two apart: {out}");
     assert!(out.contains("equal_off True"), "satm's gradient differs from PyTorch's without the cache: {out}");
     assert!(out.contains("equal_on False"), "{out}");

@@ -52,3 +52,18 @@ pub fn script_session(dir: &std::path::Path) -> (rhai::Engine, rhai::Scope<'stat
     scope.push_constant("tmp", dir.display().to_string());
     (engine, scope)
 }
+
+/// Saves `tensors` to a safetensors file, runs the Python source `script` on it with `py` (the venv's python) and
+/// returns what it printed; a script that fails fails the test, with its output.
+#[allow(dead_code)]
+pub fn python_on_tensors(py: &std::path::Path, script: &str, tensors: &[(String, tch::Tensor)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tensors.safetensors");
+    satm::core::tensorio::save_tensors(&file, tensors).unwrap();
+    let source = dir.path().join("check.py");
+    std::fs::write(&source, script).unwrap();
+    let o = std::process::Command::new(py).arg(&source).arg(&file).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
