@@ -9,8 +9,6 @@ use std::sync::Mutex;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-mod common;
-
 /// Tests share tch's global generator: they run one at a time so that seeds mean something.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -350,7 +348,7 @@ fn invalid_inputs_are_errors_not_panics() {
 }
 
 fn python() -> Option<PathBuf> {
-    let p = common::venv_python();
+    let p = satm::cli::bench::venv_python();
     p.exists().then_some(p)
 }
 

@@ -6,10 +6,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor, nn};
 
-mod common;
-
 fn python() -> PathBuf {
-    let py = common::venv_python();
+    let py = satm::cli::bench::venv_python();
     assert!(
         py.is_file(),
         "the project venv's python is missing at {} (run tests through tools/cargo.sh)",

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 mod common;
 
 fn python() -> PathBuf {
-    common::venv_python()
+    satm::cli::bench::venv_python()
 }
 
 /// Runs the reference script on `input`; `None` (after saying why) when python or scipy is missing outside CI.

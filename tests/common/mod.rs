@@ -17,20 +17,10 @@ pub fn skip_unless_ci(needed: &str, why: &str) {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("\n*** skipped: {why} ***\n").as_bytes());
 }
 
-/// The project venv's python (SATM_VENV, else ~/.cache/satm/venv, as tools/cargo.sh sets it up); it may not exist.
-#[allow(dead_code)]
-pub fn venv_python() -> std::path::PathBuf {
-    std::env::var_os("SATM_VENV")
-        .map(std::path::PathBuf::from)
-        .or_else(|| dirs::home_dir().map(|h| h.join(".cache/satm/venv")))
-        .unwrap_or_else(|| std::path::PathBuf::from(".cache/satm/venv"))
-        .join("bin/python")
-}
-
-/// The venv's python for a check against PyTorch (`needed` says which); when it is missing, `skip_unless_ci`.
+/// The venv's python (`satm::cli::bench::venv_python`, the one `satm bench` runs) for a check against PyTorch (`needed` says which); when it is missing, `skip_unless_ci`.
 #[allow(dead_code)]
 pub fn venv_python_or_skip(needed: &str) -> Option<std::path::PathBuf> {
-    let p = venv_python();
+    let p = satm::cli::bench::venv_python();
     if p.is_file() {
         return Some(p);
     }
