@@ -12,7 +12,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor, nn};
 
 mod common;
-use common::device::{repo_file, test_device, torch_name};
+use common::device::{repo_file, test_device};
 
 const K: usize = 2;
 const STEPS: usize = 2;
@@ -253,7 +253,7 @@ fn satm_step_matches_pytorch_reference() {
     let job = serde_json::json!({
         "archs": ARCHS, "width": WIDTH, "classes": CLASSES, "k": K, "steps": STEPS, "lr": LR, "momentum": c.momentum,
         "eps": c.eps, "alpha": c.alpha(), "r_adv": c.r_adv, "r_da": c.r_da, "lambda": LAMBDA, "noise": true,
-        "device": torch_name(test_device()),
+        "device": satm::core::device::device_name(test_device()),
     });
     let out = pytorch(&py, &inp, dir.path(), "same", &job);
     // Controls: PyTorch with ref_satm's hard-coded λ = 1, and with its own random draw instead of satm's. Each must

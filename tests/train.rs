@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::device::{repo_file, test_device, torch_name};
+use common::device::{repo_file, test_device};
 
 const SIZE: i64 = 16;
 
@@ -240,7 +240,7 @@ fn r_adv_zero_and_r_da_zero_is_pytorchs_standard_training() {
     let controls = [("sgd_wd0", Sgd, 0.05, 0.9, 0.0), ("adam_wd0", Adam, 0.002, 0.0, 0.0)];
     let dev = test_device();
     let job = serde_json::json!({
-        "arch": "vggbn_s", "width": 0.25, "classes": CLASSES, "steps": STEPS, "device": torch_name(dev),
+        "arch": "vggbn_s", "width": 0.25, "classes": CLASSES, "steps": STEPS, "device": satm::core::device::device_name(dev),
         "runs": runs.iter().chain(&controls).map(|(n, o, lr, m, wd)| serde_json::json!({
             "name": n, "optimizer": if *o == Sgd { "sgd" } else { "adam" }, "lr": lr, "momentum": m, "weight_decay": wd,
         })).collect::<Vec<_>>(),

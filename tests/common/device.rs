@@ -25,14 +25,6 @@ pub fn test_device() -> Device {
     d
 }
 
-/// The name PyTorch gives `d` ("cpu", "cuda:0"), for the reference scripts' job files.
-pub fn torch_name(d: Device) -> String {
-    match d {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".into(),
-    }
-}
-
 /// A file of the repository: under SATM_REPO when set, else under the tree the test was built from.
 pub fn repo_file(rel: &str) -> PathBuf {
     let root = std::env::var_os("SATM_REPO").map(PathBuf::from);
