@@ -22,7 +22,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The committed seed; `SATM_FUZZ_SEED=N` explores another sequence of calls (a failure prints the seed to rerun).
 const SEED: u64 = 20_261_129;
+
+fn seed() -> u64 {
+    match std::env::var("SATM_FUZZ_SEED") {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("SATM_FUZZ_SEED={v:?} is not an unsigned integer")),
+        Err(_) => SEED,
+    }
+}
 const CALLS: usize = 10_000;
 /// A call running longer than this gets the cancel flag (the Ctrl-C path).
 const WATCHDOG: Duration = Duration::from_secs(1);
@@ -434,7 +442,7 @@ fn fuzz_child() {
         .filter_map(|n| base.get_value::<Dynamic>(n))
         .map(|v| (v.type_name().to_string(), engine.map_type_name(v.type_name()).to_string()))
         .collect();
-    let mut g = Gen { rng: Rng(SEED), keys: BTreeMap::new(), registered };
+    let mut g = Gen { rng: Rng(seed()), keys: BTreeMap::new(), registered };
     let (mut ok, mut err, mut cancelled) = (0usize, 0usize, 0usize);
     let mut per_fn: BTreeMap<String, usize> = BTreeMap::new();
     let mut time_fn: BTreeMap<String, f64> = BTreeMap::new();
@@ -562,8 +570,9 @@ fn random_calls_of_every_registered_function_neither_panic_nor_abort() {
         s["panics"].as_array().unwrap().iter().map(|p| p.as_str().unwrap_or_default().to_string()).collect();
     let calls = s["calls"].as_u64().unwrap();
     println!(
-        "faults: fuzz: {calls} random calls (seed {SEED}) of {} functions ({} of {} signatures registered; skipped: \
+        "faults: fuzz: {calls} random calls (seed {}) of {} functions ({} of {} signatures registered; skipped: \
          {}); {} returned, {} script errors, {} stopped by the watchdog; {} panics, 0 aborts; {:.0} s",
+        seed(),
         s["functions"],
         s["called_signatures"],
         s["signatures"],
@@ -578,7 +587,7 @@ fn random_calls_of_every_registered_function_neither_panic_nor_abort() {
     for (n, why) in SKIPPED {
         println!("  skipped {n}: {why}");
     }
-    assert!(panics.is_empty(), "{} panics:\n{}", panics.len(), panics.join("\n"));
+    assert!(panics.is_empty(), "{} panics (seed {}):\n{}", panics.len(), seed(), panics.join("\n"));
     assert_eq!(calls as usize, CALLS);
     assert_eq!(s["no_fixture"], serde_json::json!([]), "satm types no fixture provides");
     assert_eq!(
