@@ -2,7 +2,7 @@
 //! (`ttest_rel`), the Wilcoxon signed-rank test (`wilcoxon`: exact, with ties or zeros by sign flips, normal
 //! approximation) and McNemar's exact test (`binomtest`). The references come from the project venv's python; a
 //! venv without scipy skips these tests loudly, and fails them under CI=true (tools/bootstrap.sh installs scipy).
-use satm::core::stats::{PairedTest, bootstrap_ci, compare, mcnemar, mean_ci};
+use satm::core::stats::{PairedTest, bootstrap_ci, compare, mcnemar, mean_ci, ratio_ci};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ import json, sys
 import numpy as np
 from scipy import stats
 inp = json.load(sys.stdin)
-out = {"mean_ci": [], "ttest": [], "wilcoxon": [], "binom": []}
+out = {"mean_ci": [], "ttest": [], "wilcoxon": [], "binom": [], "ratio": []}
 for v, level in inp["mean_ci"]:
     v = np.asarray(v, dtype=float)
     lo, hi = stats.t.interval(level, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
@@ -36,6 +36,11 @@ for a, b in inp["wilcoxon"]:
     out["wilcoxon"].append([float(r.pvalue), float(r.statistic)])
 for k, n in inp["binom"]:
     out["binom"].append(float(stats.binomtest(k, n, 0.5).pvalue))
+for a, b in inp["ratio"]:
+    la, lb = np.log(a), np.log(b)
+    d = la - lb
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    out["ratio"].append([float(np.exp(d.mean())), float(np.exp(lo)), float(np.exp(hi)), float(stats.ttest_rel(la, lb).pvalue)])
 json.dump(out, sys.stdout)
 "#;
     let py = python();
@@ -117,7 +122,14 @@ fn statistics_match_scipy() {
         (big_a, big_b),
     ];
     let binom = vec![(3u64, 4u64), (10, 12), (0, 7), (5, 10), (40, 65), (1, 1), (123, 260)];
-    let input = json!({"mean_ci": mean_cases, "ttest": t_cases, "wilcoxon": w_cases, "binom": binom});
+    // Throughputs (img/s) of two programs over alternating rounds: satm bench's paired ratio.
+    let ratio_cases = vec![
+        (vec![100.0, 110.0, 121.0, 95.0], vec![100.0, 100.0, 100.0, 90.0]),
+        (vec![206.9, 137.6, 150.2], vec![123.0, 153.2, 140.9]),
+        (vec![12.4, 12.1], vec![12.0, 12.6]),
+    ];
+    let input =
+        json!({"mean_ci": mean_cases, "ttest": t_cases, "wilcoxon": w_cases, "binom": binom, "ratio": ratio_cases});
     let Some(r) = scipy(&input) else { return };
 
     for (i, (v, level)) in mean_cases.iter().enumerate() {
@@ -159,6 +171,17 @@ fn statistics_match_scipy() {
         assert_eq!((m.only_a, m.only_b), (*k, n - k));
         near(&format!("binomtest({k}, {n})"), m.p, f(&r["binom"][i]));
     }
+    for (i, (a, b)) in ratio_cases.iter().enumerate() {
+        let c = ratio_ci(a, b, 0.95).unwrap();
+        let want = &r["ratio"][i];
+        near(&format!("ratio[{i}] ratio"), c.ratio, f(&want[0]));
+        near(&format!("ratio[{i}] ci_low"), c.ci_low, f(&want[1]));
+        near(&format!("ratio[{i}] ci_high"), c.ci_high, f(&want[2]));
+        near(&format!("ratio[{i}] p"), c.p, f(&want[3]));
+        assert_eq!(c.n, a.len());
+    }
+    assert!(ratio_ci(&[1.0, 0.0], &[1.0, 1.0], 0.95).unwrap_err().to_string().contains("a[1] is 0"));
+    assert!(ratio_ci(&[1.0], &[1.0], 0.95).is_err(), "one pair has no interval");
 }
 
 #[test]

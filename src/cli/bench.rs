@@ -5,6 +5,7 @@ use crate::core::device::{self, Precision};
 use crate::core::models::{ModelSpec, Net};
 use crate::core::random;
 use crate::core::report::{Cell, Table};
+use crate::core::stats::{self, RatioCi};
 use crate::core::train::{self, TrainConfig};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -29,8 +30,9 @@ pub struct BenchArgs {
     /// Timed SATM steps per run (after 2 warm-up steps).
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
-    /// Alternating rounds (satm, PyTorch, satm, PyTorch, ...); the best of each is reported.
-    #[arg(long, default_value_t = 2)]
+    /// Alternating rounds (satm, PyTorch, satm, PyTorch, ...): the best of each side, and the ratio per round (the
+    /// geometric mean of each round's satm/PyTorch, with its 95% t interval from 2 rounds on).
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// satm's precision for the "satm default" row: fp32, bf16 or auto.
     #[arg(long, default_value = "auto")]
@@ -420,9 +422,48 @@ fn load_average() -> Option<[f64; 3]> {
     (v.len() == 3).then(|| [v[0], v[1], v[2]])
 }
 
-/// One architecture: every mode, alternating satm and PyTorch runs; (mode, best satm run, best PyTorch run). A
-/// side that ran over --run-timeout gives `{"timed_out": true}` and is not run again for that mode.
-type ModeResult = (Mode, Option<serde_json::Value>, Option<serde_json::Value>);
+/// One mode of one architecture: the best run of each side (a side that ran over --run-timeout gives
+/// `{"timed_out": true}` and is not run again for that mode), and each round's img/s of each side (`None`: that side
+/// gave nothing in that round).
+struct ModeResult {
+    mode: Mode,
+    satm: Option<serde_json::Value>,
+    pytorch: Option<serde_json::Value>,
+    satm_rounds: Vec<Option<f64>>,
+    pytorch_rounds: Vec<Option<f64>>,
+}
+
+/// The rounds in which both sides ran (satm's and PyTorch's img/s, measured one after the other): their ratio per
+/// round, with its interval from 2 rounds on. A slow drift of the machine's speed (another tenant, a clock change)
+/// moves both runs of a round alike, while the two "best of" figures may come from different minutes.
+fn paired(satm: &[Option<f64>], pytorch: &[Option<f64>]) -> (Vec<f64>, Vec<f64>) {
+    satm.iter().zip(pytorch).filter_map(|(s, r)| Some((((*s)?), (*r)?))).unzip()
+}
+
+fn ratio_per_round(satm: &[Option<f64>], pytorch: &[Option<f64>]) -> Option<Result<RatioCi, f64>> {
+    let (s, r) = paired(satm, pytorch);
+    match s.len() {
+        0 => None,
+        1 => Some(Err(s[0] / r[0])),
+        _ => stats::ratio_ci(&s, &r, 0.95).ok().map(Ok),
+    }
+}
+
+fn ratio_cell(v: &Option<Result<RatioCi, f64>>) -> Cell {
+    match v {
+        None => Cell::Empty,
+        Some(Err(x)) => Cell::text(format!("{x:.2} (1 round)")),
+        Some(Ok(c)) => Cell::text(format!("{:.2} [{:.2}, {:.2}]", c.ratio, c.ci_low, c.ci_high)),
+    }
+}
+
+fn ratio_json(v: &Option<Result<RatioCi, f64>>) -> serde_json::Value {
+    match v {
+        None => serde_json::Value::Null,
+        Some(Err(x)) => serde_json::json!({"ratio": x, "n": 1}),
+        Some(Ok(c)) => serde_json::to_value(c).unwrap_or(serde_json::Value::Null),
+    }
+}
 
 fn bench_arch(a: &BenchArgs, modes: &[Mode], rounds_run: &mut usize) -> Result<Vec<ModeResult>> {
     let timed_out = || Some(serde_json::json!({"timed_out": true}));
@@ -430,6 +471,8 @@ fn bench_arch(a: &BenchArgs, modes: &[Mode], rounds_run: &mut usize) -> Result<V
     let n = modes.len();
     let (mut s, mut r) = (vec![vec![]; n], vec![vec![]; n]);
     let (mut s_over, mut r_over) = (vec![false; n], vec![false; n]);
+    let img = |v: &serde_json::Value| v["img_per_s"].as_f64();
+    let (mut s_rounds, mut r_rounds) = (vec![vec![]; n], vec![vec![]; n]);
     // Round by round over every mode, so a spent --budget still leaves one measurement of each.
     for round in 0..a.rounds {
         if round > 0 && start.elapsed().as_secs() >= a.budget {
@@ -437,23 +480,40 @@ fn bench_arch(a: &BenchArgs, modes: &[Mode], rounds_run: &mut usize) -> Result<V
         }
         *rounds_run = round + 1;
         for (i, m) in modes.iter().enumerate() {
+            let (mut s_now, mut r_now) = (None, None);
             if !s_over[i] {
                 match satm_run(a, if m.bf16 { "bf16" } else { "fp32" }, m.channels_last)? {
-                    Some(v) => s[i].push(v),
+                    Some(v) => {
+                        s_now = img(&v);
+                        s[i].push(v)
+                    }
                     None => s_over[i] = true,
                 }
             }
             if !a.no_ref && !r_over[i] {
                 match ref_run(a, m.bf16, m.channels_last)? {
-                    Some(v) => r[i].push(v),
+                    Some(v) => {
+                        r_now = img(&v);
+                        r[i].push(v)
+                    }
                     None => r_over[i] = true,
                 }
             }
+            s_rounds[i].push(s_now);
+            r_rounds[i].push(r_now);
         }
     }
     let pick =
         |runs: &[serde_json::Value], over: bool| best(runs).cloned().or_else(|| if over { timed_out() } else { None });
-    Ok((0..n).map(|i| (modes[i], pick(&s[i], s_over[i]), pick(&r[i], r_over[i]))).collect())
+    Ok((0..n)
+        .map(|i| ModeResult {
+            mode: modes[i],
+            satm: pick(&s[i], s_over[i]),
+            pytorch: pick(&r[i], r_over[i]),
+            satm_rounds: std::mem::take(&mut s_rounds[i]),
+            pytorch_rounds: std::mem::take(&mut r_rounds[i]),
+        })
+        .collect())
 }
 
 fn run(a: &BenchArgs) -> Result<()> {
@@ -510,19 +570,20 @@ fn run(a: &BenchArgs) -> Result<()> {
         // PyTorch's best mode here: the fastest of its rows that finished.
         let ref_best_row = results
             .iter()
-            .filter_map(|(m, _, r)| f(r, "img_per_s").map(|v| (m.name, v)))
+            .filter_map(|m| f(&m.pytorch, "img_per_s").map(|v| (m.mode.name, v)))
             .max_by(|x, y| x.1.total_cmp(&y.1));
         let ref_best = ref_best_row.map(|r| r.1).unwrap_or(f64::NAN);
         let mut t = Table::new(
             format!(
-                "SATM step, {arch} {}x{}, batch {}, K={}, {} threads, {} steps (best of {})",
+                "SATM step, {arch} {}x{}, batch {}, K={}, {} threads, {} steps, {} alternating rounds",
                 a.size, a.size, a.batch, a.k, a.threads, a.steps, rounds_run
             ),
             &[
                 "mode",
                 "satm img/s",
                 "PyTorch img/s",
-                "ratio",
+                "ratio (bests)",
+                "ratio per round [95% CI]",
                 "satm RSS MB",
                 "PyTorch RSS MB",
                 "satm GFLOP/s",
@@ -537,7 +598,8 @@ fn run(a: &BenchArgs) -> Result<()> {
             _ => num(f(v, "img_per_s"), 1),
         };
         let mut rss_over: Vec<&str> = vec![];
-        for (mode, s, r) in results {
+        for m in results {
+            let (mode, s, r) = (&m.mode, &m.satm, &m.pytorch);
             let name = mode.name;
             let peak = if mode.bf16 { peak16 } else { peak32 };
             let ratio = match (f(s, "img_per_s"), f(r, "img_per_s")) {
@@ -555,19 +617,34 @@ fn run(a: &BenchArgs) -> Result<()> {
                 speed(s),
                 speed(r),
                 num(ratio, 2),
+                ratio_cell(&ratio_per_round(&m.satm_rounds, &m.pytorch_rounds)),
                 num(f(s, "max_rss_mb"), 0),
                 num(f(r, "max_rss_mb"), 0),
                 num(f(s, "gflop_per_s"), 1),
                 if peak.is_finite() { Cell::num(peak, 1) } else { Cell::Empty },
             ])?;
         }
-        let default_row = results.iter().find(|(m, _, _)| Some(*m) == default_mode);
-        let satm_default = default_row.and_then(|(_, s, _)| f(s, "img_per_s"));
+        let default_row = results.iter().find(|m| Some(m.mode) == default_mode);
+        let satm_default = default_row.and_then(|m| f(&m.satm, "img_per_s"));
         let vs_best = satm_default.map(|s| s / ref_best).filter(|x| x.is_finite());
+        // The same comparison round by round: satm's default row against PyTorch's best row in each round.
+        let best_row = ref_best_row.and_then(|(name, _)| results.iter().find(|m| m.mode.name == name));
+        let vs_best_rounds = match (default_row, best_row) {
+            (Some(d), Some(b)) => ratio_per_round(&d.satm_rounds, &b.pytorch_rounds),
+            _ => None,
+        };
         match (default_mode, vs_best, ref_best_row) {
             (Some(dm), Some(v), Some((best_name, _))) => t.note(format!(
-                "satm default ({}: {default_why}) vs PyTorch's best mode here ({best_name}): {v:.2}x",
-                dm.name
+                "satm default ({}: {default_why}) vs PyTorch's best mode here ({best_name}): {v:.2}x best against \
+                 best; {}",
+                dm.name,
+                match &vs_best_rounds {
+                    Some(Ok(c)) => format!(
+                        "per round {:.2}x, 95% CI [{:.2}, {:.2}], paired t on log img/s p = {:.2} ({} rounds)",
+                        c.ratio, c.ci_low, c.ci_high, c.p, c.n
+                    ),
+                    _ => "one round, so no interval (--rounds 3 or more gives one)".to_string(),
+                }
             )),
             (None, _, _) => t.note(format!(
                 "satm's default ({}{}) is not among the modes run, so there is no default-vs-best ratio",
@@ -593,7 +670,7 @@ fn run(a: &BenchArgs) -> Result<()> {
                 format!("peak RSS: satm above PyTorch in: {}", rss_over.join(", "))
             });
         }
-        let first = results.iter().find(|(_, s, _)| f(s, "s_per_step").is_some()).map(|x| &x.1);
+        let first = results.iter().find(|m| f(&m.satm, "s_per_step").is_some()).map(|m| &m.satm);
         if let Some(first) = first
             && let (Some(d), Some(st)) = (f(first, "data_s_per_batch"), f(first, "s_per_step"))
         {
@@ -603,6 +680,10 @@ fn run(a: &BenchArgs) -> Result<()> {
                 100.0 * d / st
             ));
         }
+        t.note(
+            "ratio per round: the geometric mean over the rounds of satm's img/s over PyTorch's in the same round, with \
+             its t interval on the log scale; on a machine whose speed drifts, quote it rather than the ratio of bests",
+        );
         t.note("GFLOP/s counts conv/linear FLOPs of crafting (forward + input gradient) and training (forward + backward over clean and adversarial).");
         if let (Some(b), Some(e)) = (load_before, load_after) {
             t.note(format!(
@@ -614,13 +695,20 @@ fn run(a: &BenchArgs) -> Result<()> {
         }
         json_archs.push(serde_json::json!({
             "arch": arch,
-            "rows": results.iter().map(|(m, s, r)| serde_json::json!({"mode": m.name, "satm": s, "pytorch": r})).collect::<Vec<_>>(),
+            "rows": results.iter().map(|m| serde_json::json!({
+                "mode": m.mode.name,
+                "satm": m.satm,
+                "pytorch": m.pytorch,
+                "rounds_img_per_s": {"satm": m.satm_rounds, "pytorch": m.pytorch_rounds},
+                "ratio_per_round": ratio_json(&ratio_per_round(&m.satm_rounds, &m.pytorch_rounds)),
+            })).collect::<Vec<_>>(),
             "default_mode": default_mode.map(|m| m.name),
             "rounds": rounds_run,
             "pytorch_best_mode": ref_best_row.map(|r| r.0),
             "skipped_modes": mode_notes,
             "pytorch_best_img_per_s": if ref_best.is_nan() { serde_json::Value::Null } else { ref_best.into() },
             "satm_default_vs_pytorch_best": vs_best,
+            "satm_default_vs_pytorch_best_per_round": ratio_json(&vs_best_rounds),
             "rss_satm_le_pytorch": if a.no_ref { serde_json::Value::Null } else { rss_over.is_empty().into() },
         }));
         tables.push(t);
@@ -700,6 +788,20 @@ mod tests {
         let mut failing = Command::new("sh");
         failing.args(["-c", "echo broken >&2; exit 3"]);
         assert!(run_json(&mut failing, "failing", 30).unwrap_err().to_string().contains("broken"));
+    }
+
+    /// The ratio per round pairs only rounds in which both sides ran, in the order they ran.
+    #[test]
+    fn ratio_per_round_pairs_rounds_where_both_sides_ran() {
+        let (s, r) = paired(&[Some(2.0), None, Some(3.0), Some(8.0)], &[Some(1.0), Some(5.0), None, Some(2.0)]);
+        assert_eq!((s, r), (vec![2.0, 8.0], vec![1.0, 2.0]));
+        assert!(ratio_per_round(&[None], &[Some(1.0)]).is_none());
+        assert_eq!(ratio_per_round(&[Some(3.0), None], &[Some(2.0), Some(1.0)]), Some(Err(1.5)));
+        // Ratios 2 and 4 per round: geometric mean √8, whatever the best of each side (8 against 2) says.
+        let Some(Ok(c)) = ratio_per_round(&[Some(2.0), Some(8.0)], &[Some(1.0), Some(2.0)]) else { panic!() };
+        assert!((c.ratio - 8f64.sqrt()).abs() < 1e-12 && c.n == 2);
+        assert!(c.ci_low < c.ratio && c.ratio < c.ci_high);
+        assert_eq!(ratio_cell(&Some(Ok(c))).to_string(), format!("2.83 [{:.2}, {:.2}]", c.ci_low, c.ci_high));
     }
 
     #[test]

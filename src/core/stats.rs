@@ -154,6 +154,33 @@ pub fn compare(a: &[f64], b: &[f64], test: PairedTest, level: f64) -> Result<Com
     })
 }
 
+/// The ratio of two paired positive measurements (throughputs of two programs timed in alternating rounds): the
+/// geometric mean of `a[i] / b[i]`, its t interval at `level` and the paired t-test's two-sided p for "ratio = 1",
+/// all on the log scale (scipy: `t.interval` and `ttest_rel` on `log(a)`, `log(b)`, exponentiated). Needs 2 pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RatioCi {
+    /// exp(mean(log a − log b)).
+    pub ratio: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub level: f64,
+    pub p: f64,
+    pub n: usize,
+}
+
+/// See [`RatioCi`].
+pub fn ratio_ci(a: &[f64], b: &[f64], level: f64) -> Result<RatioCi> {
+    for (what, v) in [("a", a), ("b", b)] {
+        check_finite(what, v)?;
+        if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| **x <= 0.0) {
+            bail!("ratio: {what}[{i}] is {x}; a ratio of measurements needs positive values");
+        }
+    }
+    let ln = |v: &[f64]| v.iter().map(|x| x.ln()).collect::<Vec<_>>();
+    let c = compare(&ln(a), &ln(b), PairedTest::PairedT, level).map_err(|e| anyhow::anyhow!("ratio: {e}"))?;
+    Ok(RatioCi { ratio: c.delta.exp(), ci_low: c.ci_low.exp(), ci_high: c.ci_high.exp(), level, p: c.p, n: c.n })
+}
+
 /// Average ranks (1-based) of `v`, ties sharing the mean of their positions, and the sizes of the tie groups.
 fn average_ranks(v: &[f64]) -> (Vec<f64>, Vec<usize>) {
     let mut idx: Vec<usize> = (0..v.len()).collect();
