@@ -1,7 +1,8 @@
 //! The statistics against scipy.stats on fixed vectors (to 1e-6): t intervals (`t.interval`), the paired t-test
 //! (`ttest_rel`), the Wilcoxon signed-rank test (`wilcoxon`: exact, with ties or zeros by sign flips, normal
-//! approximation) and McNemar's exact test (`binomtest`). The references come from the project venv's python; a
-//! venv without scipy skips these tests loudly, and fails them under CI=true (tools/bootstrap.sh installs scipy).
+//! approximation), McNemar's exact test (`binomtest`) and the paired ratio of throughputs (`t.interval` and `ttest_rel`
+//! on logs). The references come from the project venv's python; a venv without scipy skips these tests loudly, and
+//! fails them under CI=true (tools/bootstrap.sh installs scipy).
 use satm::core::stats::{PairedTest, bootstrap_ci, compare, mcnemar, mean_ci, ratio_ci};
 use serde_json::{Value, json};
 use std::io::Write;

@@ -109,7 +109,7 @@ step satm_bf16 "$limit" "K = 2 on $deva + $devb, precision $prec" "$BIN" -q --pr
 
 # 4. satm bench against ref_satm.py on the same device (on the CPU, the smallest setting: it checks the plumbing)
 if [ "$DEV" = cuda ]; then bench_args=(--arch resnet_s --steps 8); else bench_args=(--arch vgg_s --modes fp32 --steps 3); fi
-step bench 200 "satm vs PyTorch (ref_satm.py), same device" "$BIN" bench --device "$DEV" "${bench_args[@]}" --rounds 1 --budget 60 --run-timeout 90
+step bench 200 "satm vs PyTorch (ref_satm.py), same device" "$BIN" bench --device "$DEV" "${bench_args[@]}" --rounds 3 --budget 60 --run-timeout 90
 
 {
   echo

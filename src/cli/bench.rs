@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// Internal: run one satm measurement in this process and print its JSON.
     #[arg(long, hide = true)]
     pub worker: bool,
+    /// The device both sides run on: the session's `--device` (cpu, cuda, cuda:N or auto; default cpu), filled in
+    /// by the command line.
+    #[arg(skip)]
+    pub device: Option<String>,
 }
 
 /// Multiply-accumulates of one forward pass of one image (convolutions and linear layers), from the architectures of
@@ -113,19 +117,49 @@ pub fn step_flops(arch: &str, size: i64, width: f64, classes: i64, batch: i64, k
     Ok(k as f64 * batch as f64 * (2.0 * f + 6.0 * f))
 }
 
-/// Measured matmul peak (GFLOP/s) for `kind` on the CPU with the current thread count.
-pub fn matmul_peak(kind: Kind) -> Result<f64> {
-    let n = 2048;
-    let a = random::rand(&[n, n])?.f_to_kind(kind)?;
-    let b = random::rand(&[n, n])?.f_to_kind(kind)?;
+/// Measured matmul peak (GFLOP/s) for `kind` on `dev` (on the CPU with the current thread count).
+pub fn matmul_peak(kind: Kind, dev: Device) -> Result<f64> {
+    let n = if dev.is_cuda() { 8192 } else { 2048 };
+    let a = random::rand(&[n, n])?.f_to_kind(kind)?.f_to_device(dev)?;
+    let b = random::rand(&[n, n])?.f_to_kind(kind)?.f_to_device(dev)?;
     let _ = a.f_matmul(&b)?;
+    sync(dev);
     let mut best = f64::MAX;
     for _ in 0..5 {
         let t = std::time::Instant::now();
         let _ = a.f_matmul(&b)?;
+        sync(dev);
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+}
+
+/// Waits for the work queued on a CUDA device (a timer read before that would time the launches only).
+fn sync(dev: Device) {
+    if let Device::Cuda(i) = dev {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// The device `--device` names (default: the CPU).
+fn bench_device(a: &BenchArgs) -> Result<Device> {
+    match &a.device {
+        Some(d) => device::parse_device(d).map_err(|e| anyhow::anyhow!("--device: {e}")),
+        None => Ok(Device::Cpu),
+    }
+}
+
+/// `CUDA_VISIBLE_DEVICES` for the PyTorch reference, which runs on "cuda" whenever PyTorch sees a GPU: none for a
+/// CPU bench, and only satm's GPU for a CUDA one. satm's `cuda:N` counts among the GPUs this process sees, so it is
+/// the N-th entry of this process's own `CUDA_VISIBLE_DEVICES` (`parent`) when that is set.
+fn visible_devices_for_reference(dev: Device, parent: Option<&str>) -> String {
+    match (dev, parent.map(str::trim)) {
+        (Device::Cuda(i), Some(list)) if !list.is_empty() => {
+            list.split(',').map(str::trim).nth(i).map(str::to_string).unwrap_or_else(|| i.to_string())
+        }
+        (Device::Cuda(i), _) => i.to_string(),
+        _ => String::new(),
+    }
 }
 
 /// One satm measurement in this process: warm-up, then `steps` timed SATM steps on a fixed random batch.
@@ -134,8 +168,9 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
     device::seed_everything(0)?;
     let precision = Precision::parse(&a.precision)?;
     let classes = 8;
+    let dev = bench_device(a)?;
     let spec = ModelSpec { arch: a.arch.clone(), classes, width: a.width, size: a.size, ..ModelSpec::default() };
-    let mut nets: Vec<Net> = (0..a.k).map(|_| Net::new(&spec, Device::Cpu)).collect::<Result<_>>()?;
+    let mut nets: Vec<Net> = (0..a.k).map(|_| Net::new(&spec, dev)).collect::<Result<_>>()?;
     let images = random::randint(256, &[a.batch, 3, a.size, a.size], Kind::Uint8)?;
     let labels: Vec<i64> = Vec::<i64>::try_from(&random::randint(classes, &[a.batch], Kind::Int64)?)?;
     let data =
@@ -167,6 +202,7 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
             progress: false,
             control: None,
         })?;
+        sync(dev);
         Ok(t.elapsed().as_secs_f64())
     };
     go(2)?;
@@ -174,10 +210,10 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
     let dt = go(a.steps)?;
     let cpu = cpu_seconds() - cpu0;
     let data_s = data_seconds_per_batch(a, classes)?;
-    let (bf16, why) = precision.resolve(Device::Cpu);
+    let (bf16, why) = precision.resolve(dev);
     let flops = step_flops(&a.arch, a.size, a.width, classes, a.batch, a.k)? * a.steps as f64;
     Ok(serde_json::json!({
-        "impl": "satm", "arch": a.arch, "size": a.size, "batch": a.batch, "k": a.k, "threads": device::threads(),
+        "impl": "satm", "device": device::device_name(dev), "arch": a.arch, "size": a.size, "batch": a.batch, "k": a.k, "threads": device::threads(),
         "precision": if bf16 { "bf16" } else { "fp32" }, "precision_reason": why, "channels_last": a.channels_last,
         "steps": a.steps, "s_per_step": dt / a.steps as f64, "img_per_s": (a.batch as usize * a.steps) as f64 / dt,
         "gflop_per_s": flops / dt / 1e9, "cpu_s_per_step": cpu / a.steps as f64,
@@ -297,6 +333,8 @@ fn satm_run(a: &BenchArgs, precision: &str, channels_last: bool) -> Result<Optio
             &channels_last.to_string(),
             "--width",
             &a.width.to_string(),
+            "--device",
+            &device::device_name(bench_device(a)?),
         ]);
     run_json(&mut c, "satm bench worker", a.run_timeout)
 }
@@ -325,7 +363,20 @@ fn ref_run(a: &BenchArgs, bf16: bool, channels_last: bool) -> Result<Option<serd
     if channels_last {
         c.arg("--channels_last");
     }
-    run_json(&mut c, "ref_satm.py", a.run_timeout)
+    // ref_satm.py has no device option: it takes "cuda" whenever PyTorch sees a GPU. Show it satm's device only,
+    // then check where it ran.
+    let dev = bench_device(a)?;
+    let parent = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    c.env("CUDA_VISIBLE_DEVICES", visible_devices_for_reference(dev, parent.as_deref()));
+    let res = run_json(&mut c, "ref_satm.py", a.run_timeout)?;
+    if let Some(v) = &res {
+        let ran = v["device"].as_str().unwrap_or("?");
+        let want = if dev.is_cuda() { "cuda" } else { "cpu" };
+        if ran != want {
+            bail!("ref_satm.py ran on {ran}, satm on {}: the two sides must share a device", device::device_name(dev));
+        }
+    }
+    Ok(res)
 }
 
 /// One row of the bench: the same precision and memory format on both sides.
@@ -545,10 +596,12 @@ fn run(a: &BenchArgs) -> Result<()> {
             );
         }
     }
-    let native = native_bf16();
+    let dev = bench_device(a)?;
+    // CUDA GPUs run bf16 natively (libtorch's autocast on CUDA; satm's `auto` picks it there too).
+    let native = dev.is_cuda() || native_bf16();
     let (modes, mode_notes) = pick_modes(&a.modes, native)?;
     // satm's default configuration (--precision, --channels-last) is the mode with the same precision and format.
-    let (default_bf16, default_why) = Precision::parse(&a.precision)?.resolve(Device::Cpu);
+    let (default_bf16, default_why) = Precision::parse(&a.precision)?.resolve(dev);
     let default_mode = modes.iter().find(|m| m.bf16 == default_bf16 && m.channels_last == a.channels_last).copied();
     let load_before = load_average();
     let mut per_arch = vec![];
@@ -560,9 +613,9 @@ fn run(a: &BenchArgs) -> Result<()> {
     }
     let load_after = load_average();
     device::set_threads(a.threads)?;
-    let peak32 = matmul_peak(Kind::Float)?;
+    let peak32 = matmul_peak(Kind::Float, dev)?;
     // An emulated bf16 matmul is slow and says nothing; measure it only where bf16 rows ran.
-    let peak16 = if modes.iter().any(|m| m.bf16) && native { matmul_peak(Kind::BFloat16)? } else { f64::NAN };
+    let peak16 = if modes.iter().any(|m| m.bf16) && native { matmul_peak(Kind::BFloat16, dev)? } else { f64::NAN };
     let f = |v: &Option<serde_json::Value>, k: &str| v.as_ref().and_then(|v| v[k].as_f64());
     let mut tables = vec![];
     let mut json_archs = vec![];
@@ -575,8 +628,15 @@ fn run(a: &BenchArgs) -> Result<()> {
         let ref_best = ref_best_row.map(|r| r.1).unwrap_or(f64::NAN);
         let mut t = Table::new(
             format!(
-                "SATM step, {arch} {}x{}, batch {}, K={}, {} threads, {} steps, {} alternating rounds",
-                a.size, a.size, a.batch, a.k, a.threads, a.steps, rounds_run
+                "SATM step on {}, {arch} {}x{}, batch {}, K={}, {} threads, {} steps, {} alternating rounds",
+                device::device_name(dev),
+                a.size,
+                a.size,
+                a.batch,
+                a.k,
+                a.threads,
+                a.steps,
+                rounds_run
             ),
             &[
                 "mode",
@@ -718,6 +778,7 @@ fn run(a: &BenchArgs) -> Result<()> {
             "archs": json_archs,
             "matmul_peak_gflops": {"fp32": peak32, "bf16": if peak16.is_finite() { peak16.into() } else { serde_json::Value::Null }},
             "load_average": {"before": load_before, "after": load_after},
+            "device": device::device_name(dev),
             "cpu": device::cpu_info(),
         });
         out(&serde_json::to_string_pretty(&j)?);
@@ -802,6 +863,18 @@ mod tests {
         assert!((c.ratio - 8f64.sqrt()).abs() < 1e-12 && c.n == 2);
         assert!(c.ci_low < c.ratio && c.ratio < c.ci_high);
         assert_eq!(ratio_cell(&Some(Ok(c))).to_string(), format!("2.83 [{:.2}, {:.2}]", c.ci_low, c.ci_high));
+    }
+
+    /// The reference sees no GPU for a CPU bench, and exactly satm's GPU for a CUDA one.
+    #[test]
+    fn the_reference_sees_only_satms_device() {
+        assert_eq!(visible_devices_for_reference(Device::Cpu, None), "");
+        assert_eq!(visible_devices_for_reference(Device::Cpu, Some("0,1")), "");
+        assert_eq!(visible_devices_for_reference(Device::Cuda(0), None), "0");
+        assert_eq!(visible_devices_for_reference(Device::Cuda(1), Some("")), "1");
+        // Under Slurm (CUDA_VISIBLE_DEVICES=2,3) satm's cuda:1 is physical GPU 3.
+        assert_eq!(visible_devices_for_reference(Device::Cuda(1), Some("2, 3")), "3");
+        assert_eq!(visible_devices_for_reference(Device::Cuda(0), Some("GPU-8f2c")), "GPU-8f2c");
     }
 
     #[test]

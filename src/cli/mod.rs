@@ -295,7 +295,9 @@ pub fn main() -> i32 {
             }
             0
         }
-        (None, Some(Cmd::Bench(a))) => bench::main(a),
+        (None, Some(Cmd::Bench(a))) => {
+            bench::main(&bench::BenchArgs { device: cli.session.device.clone(), ..a.clone() })
+        }
         (None, Some(Cmd::Grid(args))) => grid::main(args, &cli.session),
         (None, Some(Cmd::Watch { dir, once, every })) => crate::core::train::watch::main(dir, *once, *every),
         (None, Some(Cmd::Data(cmd))) => data_main(cmd, cli.session.quiet),

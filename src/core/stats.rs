@@ -1,6 +1,6 @@
 //! Statistics for comparing runs: mean ± sample std with a t confidence interval, paired tests of two arms over
 //! (fold, seed) scores (paired t-test, Wilcoxon signed-rank), McNemar's exact test of two networks on the same inputs,
-//! and a seeded percentile bootstrap over examples.
+//! a seeded percentile bootstrap over examples, and the ratio of paired throughputs (satm bench's rounds).
 //!
 //! Distributions come from `statrs`; every p-value is two-sided. The tests follow scipy.stats' defaults, so their
 //! numbers can be checked against `ttest_rel`, `wilcoxon`, `binomtest` and `t.interval` (tests/stats.rs does).
