@@ -362,3 +362,44 @@ fn satm_step_matches_pytorch_reference() {
         compared.0, compared.1, worst, compared.2, least.0, least.1
     );
 }
+
+/// `satm bench` times both sides on one device. ref_satm.py takes "cuda" whenever PyTorch sees a GPU, so the bench
+/// shows it satm's device only (here the CPU: no GPU) and refuses a reference that reports another device. Two
+/// stand-ins for ref_satm.py: one that decides as ref_satm.py does, from the GPUs it is shown (with no
+/// CUDA_VISIBLE_DEVICES it "sees" one, as on a GPU machine), and one that always says cuda.
+#[test]
+fn bench_times_both_sides_on_the_same_device() {
+    let Some(_) = common::venv_python_or_skip("the project venv's python (tools/bootstrap.sh)") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let fake = |name: &str, device: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "import json, os\nprint(json.dumps({{'impl': 'stand-in', 'device': {device}, 'img_per_s': 100.0, \
+                 'max_rss_mb': 1.0}}))\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let as_ref_satm = fake("as_ref_satm.py", "'cpu' if os.environ.get('CUDA_VISIBLE_DEVICES', '0') == '' else 'cuda'");
+    let always_cuda = fake("always_cuda.py", "'cuda'");
+    let bench = |script: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_satm"))
+            .args(["bench", "--device", "cpu", "--arch", "vgg_s", "--width", "0.25", "--modes", "fp32"])
+            .args(["--steps", "1", "--rounds", "2", "--size", "16", "--batch", "8", "-q"])
+            .env("SATM_REF_BENCH", script)
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .output()
+            .unwrap()
+    };
+    let ok = bench(&as_ref_satm);
+    let (stdout, stderr) = (String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+    assert!(ok.status.success(), "the reference was shown a GPU, or the bench failed: {stderr}");
+    assert!(stdout.contains("SATM step on cpu") && stdout.contains("ratio per round"), "{stdout}");
+    let bad = bench(&always_cuda);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "a reference on cuda was compared with satm on the CPU");
+    assert!(stderr.contains("ref_satm.py ran on cuda, satm on cpu"), "{stderr}");
+}
