@@ -31,6 +31,7 @@ fn seed() -> u64 {
         Err(_) => SEED,
     }
 }
+
 const CALLS: usize = 10_000;
 /// A call running longer than this gets the cancel flag (the Ctrl-C path).
 const WATCHDOG: Duration = Duration::from_secs(1);

@@ -290,6 +290,11 @@ fn script_statistics_functions_return_the_core_numbers() {
         ("mcnemar([true], [0.5])", "true/false"),
         ("mean_ci([1.0])", "at least 2"),
         ("bootstrap_ci([1.0], #{resamples: 1})", "resamples"),
+        // Found by the fuzzer (SATM_FUZZ_SEED=4): this was a "capacity overflow" panic.
+        ("bootstrap_ci([0.75], #{resamples: 9223372036854775807})", "at most 10000000"),
+        // SATM_FUZZ_SEED=6: a "capacity overflow" panic, then an attempt to allocate 10^38 bytes.
+        ("confusion([2, 4, 2], [2, 9223372036854775807, 14])", "9223372036854775808x9223372036854775808 matrix"),
+        ("confusion([0], [0], #{classes: 100000000000})", "matrix"),
     ] {
         let e = run_script(src).unwrap_err();
         assert!(e.contains(want), "{src}: {e}");

@@ -213,7 +213,8 @@ fn worker(a: &BenchArgs) -> Result<serde_json::Value> {
     let (bf16, why) = precision.resolve(dev);
     let flops = step_flops(&a.arch, a.size, a.width, classes, a.batch, a.k)? * a.steps as f64;
     Ok(serde_json::json!({
-        "impl": "satm", "device": device::device_name(dev), "arch": a.arch, "size": a.size, "batch": a.batch, "k": a.k, "threads": device::threads(),
+        "impl": "satm", "device": device::device_name(dev), "arch": a.arch, "size": a.size, "batch": a.batch,
+        "k": a.k, "threads": device::threads(),
         "precision": if bf16 { "bf16" } else { "fp32" }, "precision_reason": why, "channels_last": a.channels_last,
         "steps": a.steps, "s_per_step": dt / a.steps as f64, "img_per_s": (a.batch as usize * a.steps) as f64 / dt,
         "gflop_per_s": flops / dt / 1e9, "cpu_s_per_step": cpu / a.steps as f64,

@@ -338,10 +338,13 @@ fn quantile_sorted(v: &[f64], q: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
+/// The most resamples [`bootstrap_ci`] takes (80 MB of means).
+pub const MAX_RESAMPLES: usize = 10_000_000;
+
 /// Percentile bootstrap CI of the mean of `values` (e.g. per-example correctness as 0/1, or per-example differences
 /// of two networks): `resamples` resamples of n values drawn with replacement from a ChaCha8 stream seeded by
 /// `seed`, and the (1 − level)/2 and (1 + level)/2 quantiles of their means (linear interpolation). The same seed
-/// gives the same interval on any machine.
+/// gives the same interval on any machine. At most [`MAX_RESAMPLES`]; Ctrl-C stops it between resamples.
 pub fn bootstrap_ci(values: &[f64], level: f64, resamples: usize, seed: u64) -> Result<BootstrapCi> {
     check_level(level)?;
     check_finite("values", values)?;
@@ -349,13 +352,18 @@ pub fn bootstrap_ci(values: &[f64], level: f64, resamples: usize, seed: u64) -> 
     if n == 0 {
         bail!("bootstrap_ci: no values");
     }
-    if resamples < 2 {
-        bail!("bootstrap_ci: resamples must be at least 2 (1000 or more is usual), got {resamples}");
+    if !(2..=MAX_RESAMPLES).contains(&resamples) {
+        bail!(
+            "bootstrap_ci: resamples must be at least 2 and at most {MAX_RESAMPLES} (each resample's mean is kept and \
+             sorted; 2000 to 10000 is usual), got {resamples}"
+        );
     }
     let mut r = rng::chacha(seed, 11);
-    let mut means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| values[rng::below(&mut r, n as u64) as usize]).sum::<f64>() / n as f64)
-        .collect();
+    let mut means: Vec<f64> = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        crate::core::cancel::check()?; // many resamples of many values take a while: Ctrl-C stops them
+        means.push((0..n).map(|_| values[rng::below(&mut r, n as u64) as usize]).sum::<f64>() / n as f64);
+    }
     means.sort_by(f64::total_cmp);
     let alpha = (1.0 - level) / 2.0;
     Ok(BootstrapCi {

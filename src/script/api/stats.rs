@@ -147,6 +147,14 @@ fn do_confusion(labels: Array, predictions: Array, opts: Map) -> RResult<Confusi
         None => seen,
     };
     guard("confusion", || {
+        // A label or prediction of 10^18 asks for a matrix of 10^36 counts: say so instead of trying to allocate it.
+        let bytes = (classes as u128).checked_mul(classes as u128).and_then(|n| n.checked_mul(8));
+        crate::core::mem::check_bytes(
+            "confusion",
+            &format!("a {classes}x{classes} matrix (labels and predictions must be class indices)"),
+            bytes,
+            tch::Device::Cpu,
+        )?;
         let mut c = Confusion::new(classes);
         for (&t, &q) in y.iter().zip(&p) {
             c.add(t, q).map_err(|e| anyhow::anyhow!("{e} (set #{{classes: N}} to the number of classes)"))?;
