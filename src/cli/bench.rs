@@ -322,7 +322,7 @@ fn run_json(cmd: &mut Command, what: &str, timeout: u64) -> Result<Option<serde_
     Ok(Some(serde_json::from_str(line).with_context(|| format!("{what} printed bad JSON"))?))
 }
 
-fn satm_run(a: &BenchArgs, precision: &str, channels_last: bool) -> Result<Option<serde_json::Value>> {
+fn satm_run(a: &BenchArgs, dev: Device, precision: &str, channels_last: bool) -> Result<Option<serde_json::Value>> {
     let exe = std::env::current_exe()?;
     let mut c = Command::new(exe);
     c.args(["bench", "--worker", "--arch", &a.arch, "--size", &a.size.to_string(), "--batch", &a.batch.to_string()])
@@ -335,12 +335,12 @@ fn satm_run(a: &BenchArgs, precision: &str, channels_last: bool) -> Result<Optio
             "--width",
             &a.width.to_string(),
             "--device",
-            &device::device_name(bench_device(a)?),
+            &device::device_name(dev),
         ]);
     run_json(&mut c, "satm bench worker", a.run_timeout)
 }
 
-fn ref_run(a: &BenchArgs, bf16: bool, channels_last: bool) -> Result<Option<serde_json::Value>> {
+fn ref_run(a: &BenchArgs, dev: Device, bf16: bool, channels_last: bool) -> Result<Option<serde_json::Value>> {
     let script = ref_script();
     if !script.is_file() {
         bail!("PyTorch reference {} not found (set SATM_REF_BENCH, or pass --no-ref)", script.display());
@@ -366,7 +366,6 @@ fn ref_run(a: &BenchArgs, bf16: bool, channels_last: bool) -> Result<Option<serd
     }
     // ref_satm.py has no device option: it takes "cuda" whenever PyTorch sees a GPU. Show it satm's device only,
     // then check where it ran.
-    let dev = bench_device(a)?;
     let parent = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     c.env("CUDA_VISIBLE_DEVICES", visible_devices_for_reference(dev, parent.as_deref()));
     let res = run_json(&mut c, "ref_satm.py", a.run_timeout)?;
@@ -517,7 +516,7 @@ fn ratio_json(v: &Option<Result<RatioCi, f64>>) -> serde_json::Value {
     }
 }
 
-fn bench_arch(a: &BenchArgs, modes: &[Mode], rounds_run: &mut usize) -> Result<Vec<ModeResult>> {
+fn bench_arch(a: &BenchArgs, dev: Device, modes: &[Mode], rounds_run: &mut usize) -> Result<Vec<ModeResult>> {
     let timed_out = || Some(serde_json::json!({"timed_out": true}));
     let start = std::time::Instant::now();
     let n = modes.len();
@@ -534,7 +533,7 @@ fn bench_arch(a: &BenchArgs, modes: &[Mode], rounds_run: &mut usize) -> Result<V
         for (i, m) in modes.iter().enumerate() {
             let (mut s_now, mut r_now) = (None, None);
             if !s_over[i] {
-                match satm_run(a, if m.bf16 { "bf16" } else { "fp32" }, m.channels_last)? {
+                match satm_run(a, dev, if m.bf16 { "bf16" } else { "fp32" }, m.channels_last)? {
                     Some(v) => {
                         s_now = img(&v);
                         s[i].push(v)
@@ -543,7 +542,7 @@ fn bench_arch(a: &BenchArgs, modes: &[Mode], rounds_run: &mut usize) -> Result<V
                 }
             }
             if !a.no_ref && !r_over[i] {
-                match ref_run(a, m.bf16, m.channels_last)? {
+                match ref_run(a, dev, m.bf16, m.channels_last)? {
                     Some(v) => {
                         r_now = img(&v);
                         r[i].push(v)
@@ -609,7 +608,7 @@ fn run(a: &BenchArgs) -> Result<()> {
     for arch in &archs {
         let aa = BenchArgs { arch: arch.clone(), ..a.clone() };
         let mut rounds_run = 0;
-        let res = bench_arch(&aa, &modes, &mut rounds_run)?;
+        let res = bench_arch(&aa, dev, &modes, &mut rounds_run)?;
         per_arch.push((arch.clone(), res, rounds_run));
     }
     let load_after = load_average();
