@@ -491,28 +491,35 @@ fn paired(satm: &[Option<f64>], pytorch: &[Option<f64>]) -> (Vec<f64>, Vec<f64>)
     satm.iter().zip(pytorch).filter_map(|(s, r)| Some((((*s)?), (*r)?))).unzip()
 }
 
-fn ratio_per_round(satm: &[Option<f64>], pytorch: &[Option<f64>]) -> Option<Result<RatioCi, f64>> {
+/// The ratio per round of one comparison: a single paired round gives the bare ratio, two or more its interval too.
+#[derive(Debug, PartialEq)]
+enum PerRound {
+    One(f64),
+    Many(RatioCi),
+}
+
+fn ratio_per_round(satm: &[Option<f64>], pytorch: &[Option<f64>]) -> Option<PerRound> {
     let (s, r) = paired(satm, pytorch);
     match s.len() {
         0 => None,
-        1 => Some(Err(s[0] / r[0])),
-        _ => stats::ratio_ci(&s, &r, 0.95).ok().map(Ok),
+        1 => Some(PerRound::One(s[0] / r[0])),
+        _ => stats::ratio_ci(&s, &r, 0.95).ok().map(PerRound::Many),
     }
 }
 
-fn ratio_cell(v: &Option<Result<RatioCi, f64>>) -> Cell {
+fn ratio_cell(v: &Option<PerRound>) -> Cell {
     match v {
         None => Cell::Empty,
-        Some(Err(x)) => Cell::text(format!("{x:.2} (1 round)")),
-        Some(Ok(c)) => Cell::text(format!("{:.2} [{:.2}, {:.2}]", c.ratio, c.ci_low, c.ci_high)),
+        Some(PerRound::One(x)) => Cell::text(format!("{x:.2} (1 round)")),
+        Some(PerRound::Many(c)) => Cell::text(format!("{:.2} [{:.2}, {:.2}]", c.ratio, c.ci_low, c.ci_high)),
     }
 }
 
-fn ratio_json(v: &Option<Result<RatioCi, f64>>) -> serde_json::Value {
+fn ratio_json(v: &Option<PerRound>) -> serde_json::Value {
     match v {
         None => serde_json::Value::Null,
-        Some(Err(x)) => serde_json::json!({"ratio": x, "n": 1}),
-        Some(Ok(c)) => serde_json::to_value(c).unwrap_or(serde_json::Value::Null),
+        Some(PerRound::One(x)) => serde_json::json!({"ratio": x, "n": 1}),
+        Some(PerRound::Many(c)) => serde_json::to_value(c).unwrap_or(serde_json::Value::Null),
     }
 }
 
@@ -699,7 +706,7 @@ fn run(a: &BenchArgs) -> Result<()> {
                  best; {}",
                 dm.name,
                 match &vs_best_rounds {
-                    Some(Ok(c)) => format!(
+                    Some(PerRound::Many(c)) => format!(
                         "per round {:.2}x, 95% CI [{:.2}, {:.2}], paired t on log img/s p = {:.2} ({} rounds)",
                         c.ratio, c.ci_low, c.ci_high, c.p, c.n
                     ),
@@ -857,12 +864,17 @@ mod tests {
         let (s, r) = paired(&[Some(2.0), None, Some(3.0), Some(8.0)], &[Some(1.0), Some(5.0), None, Some(2.0)]);
         assert_eq!((s, r), (vec![2.0, 8.0], vec![1.0, 2.0]));
         assert!(ratio_per_round(&[None], &[Some(1.0)]).is_none());
-        assert_eq!(ratio_per_round(&[Some(3.0), None], &[Some(2.0), Some(1.0)]), Some(Err(1.5)));
+        assert_eq!(ratio_per_round(&[Some(3.0), None], &[Some(2.0), Some(1.0)]), Some(PerRound::One(1.5)));
         // Ratios 2 and 4 per round: geometric mean √8, whatever the best of each side (8 against 2) says.
-        let Some(Ok(c)) = ratio_per_round(&[Some(2.0), Some(8.0)], &[Some(1.0), Some(2.0)]) else { panic!() };
+        let Some(PerRound::Many(c)) = ratio_per_round(&[Some(2.0), Some(8.0)], &[Some(1.0), Some(2.0)]) else {
+            panic!()
+        };
         assert!((c.ratio - 8f64.sqrt()).abs() < 1e-12 && c.n == 2);
         assert!(c.ci_low < c.ratio && c.ratio < c.ci_high);
-        assert_eq!(ratio_cell(&Some(Ok(c))).to_string(), format!("2.83 [{:.2}, {:.2}]", c.ci_low, c.ci_high));
+        assert_eq!(
+            ratio_cell(&Some(PerRound::Many(c))).to_string(),
+            format!("2.83 [{:.2}, {:.2}]", c.ci_low, c.ci_high)
+        );
     }
 
     /// The reference sees no GPU for a CPU bench, and exactly satm's GPU for a CUDA one.
